@@ -1,0 +1,159 @@
+"""Composition: open the back ends, bootstrap the provider, build both listeners.
+
+Everything is wired here through constructors; there are no globals. The HTTPS
+application carries ACME (and EST and admin as they arrive), the HTTP one the
+relying-party resources. Middlewares are installed once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+from acme_mt.authority import RegistrationAuthority
+from acme_mt.backends import open_keystore, open_store_backend
+from acme_mt.config import Settings, split_host_port
+from acme_mt.keystores.base import KeyStore
+from acme_mt.public import ROOT_CERTIFICATE_KEY, public_routes
+from acme_mt.storage.base import RegistryStore, StoreBackend
+from acme_mt.tenancy.directory import TenantDirectory
+from acme_mt.tenancy.lifecycle import (
+    DEFAULT_TENANT,
+    Provider,
+    ensure_provider,
+    ensure_tls,
+    onboard_tenant,
+)
+from acme_mt.validation import Validator
+from acme_mt.web.keys import AUTHORITY, SETTINGS, TENANTS
+from acme_mt.web.middleware import request_context
+from acme_mt.web.routes import acme_routes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything the listeners share, opened once and closed once."""
+
+    settings: Settings
+    stores: StoreBackend
+    registry: RegistryStore
+    keystore: KeyStore
+    provider: Provider
+    tenants: TenantDirectory
+    validator: Validator
+    authority: RegistrationAuthority
+
+    async def close(self) -> None:
+        await self.authority.close()
+        await self.validator.close()
+        await self.tenants.close()
+        await self.registry.close()
+        await self.stores.close()
+        await self.keystore.close()
+
+
+async def open_services(settings: Settings, *, bootstrap: bool = True) -> Services:
+    """Open the back ends; on the first start make the root and the default tenant."""
+    stores = open_store_backend(settings)
+    keystore = open_keystore(settings)
+    registry = await stores.open_registry()
+    provider = await ensure_provider(settings, registry, keystore)
+    if bootstrap and await registry.get_tenant(DEFAULT_TENANT) is None:
+        await onboard_tenant(
+            settings, registry, stores, keystore, provider, DEFAULT_TENANT, {"require_eab": False}
+        )
+    tenants = TenantDirectory(settings, registry, stores, keystore, provider.root_certificate)
+    validator = Validator(settings.validation)
+    authority = RegistrationAuthority(
+        settings.server.https_url, validator, settings.validation.wait_seconds
+    )
+    return Services(settings, stores, registry, keystore, provider, tenants, validator, authority)
+
+
+def _base_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context], client_max_size=services.settings.server.max_body_bytes
+    )
+    app[SETTINGS] = services.settings
+    app[TENANTS] = services.tenants
+    app[AUTHORITY] = services.authority
+    app[ROOT_CERTIFICATE_KEY] = services.provider.root_certificate.public_bytes(
+        serialization.Encoding.DER
+    )
+    return app
+
+
+def https_app(services: Services) -> web.Application:
+    """ACME (and the root certificate, for clients that bootstrap trust here)."""
+    app = _base_app(services)
+    app.add_routes(acme_routes())
+    app.add_routes(public_routes())
+
+    async def refresh_tenants(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(services.tenants.run_refresh())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(refresh_tenants)
+    return app
+
+
+def http_app(services: Services) -> web.Application:
+    """CA certificates, health and, as they arrive, OCSP and CRLs."""
+    app = _base_app(services)
+    app.add_routes(public_routes())
+    return app
+
+
+def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve both listeners until SIGINT/SIGTERM (or ``stop`` is set)."""
+    services = await open_services(settings)
+    cert_path, key_path = await ensure_tls(settings, services.provider)
+    secure = web.AppRunner(https_app(services), access_log=None)
+    plain = web.AppRunner(http_app(services), access_log=None)
+    await secure.setup()
+    await plain.setup()
+    https_host, https_port = split_host_port(settings.server.https_listen, 8443)
+    http_host, http_port = split_host_port(settings.server.http_listen, 8080)
+    sites = [
+        web.TCPSite(
+            secure, https_host, https_port, ssl_context=server_ssl_context(cert_path, key_path)
+        ),
+        web.TCPSite(plain, http_host, http_port),
+    ]
+    for site in sites:
+        await site.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    base = settings.server.https_url.rstrip("/")
+    print(f"acme-mt serving; ACME directory: {base}/{DEFAULT_TENANT}/acme/directory", flush=True)
+    print(f"root certificate: {settings.server.http_url.rstrip('/')}/root.pem", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await secure.cleanup()
+        await plain.cleanup()
+        await services.close()

@@ -1,0 +1,193 @@
+"""Authorizations and challenges (RFC 8555 §7.5): creation, validation, deactivation.
+
+A challenge POST starts validation in the background and waits briefly for it,
+so a responder that answers at once is seen as valid in the same reply; a slow
+one leaves the challenge ``processing`` for the client to poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from acme_mt.errors import AcmeProblem
+from acme_mt.models import (
+    Account,
+    AuditEntry,
+    Authorization,
+    AuthorizationStatus,
+    Challenge,
+    ChallengeStatus,
+    Identifier,
+    new_id,
+    utcnow,
+)
+from acme_mt.tenancy.context import TenantContext
+from acme_mt.validation import Validator
+
+logger = logging.getLogger(__name__)
+
+#: RFC 8555 §8.3, §8.4, RFC 8737: which challenges an identifier gets.
+CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
+WILDCARD_CHALLENGE_TYPES = ("dns-01",)
+
+
+def new_authorization(
+    account_id: str, identifier: Identifier, wildcard: bool, expires: datetime
+) -> Authorization:
+    """A pending authorization with a fresh token per challenge (RFC 8555 §8.1)."""
+    authorization_id = new_id()
+    types = WILDCARD_CHALLENGE_TYPES if wildcard else CHALLENGE_TYPES
+    challenges = tuple(
+        Challenge(
+            id=new_id(),
+            authorization_id=authorization_id,
+            type=kind,
+            token=secrets.token_urlsafe(32),
+            status=ChallengeStatus.PENDING,
+        )
+        for kind in types
+    )
+    return Authorization(
+        id=authorization_id,
+        account_id=account_id,
+        identifier=identifier,
+        status=AuthorizationStatus.PENDING,
+        expires=expires,
+        wildcard=wildcard,
+        challenges=challenges,
+        created=utcnow(),
+    )
+
+
+def is_expired(authorization: Authorization, now: datetime) -> bool:
+    return authorization.expires <= now
+
+
+class AuthorizationService:
+    """The only writer of authorizations and challenges."""
+
+    def __init__(self, validator: Validator, wait_seconds: float) -> None:
+        self._validator = validator
+        self._wait_seconds = wait_seconds
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def new_preauthorization(
+        self, tenant: TenantContext, account: Account, identifier: Identifier
+    ) -> Authorization:
+        """RFC 8555 §7.4.1: an authorization made before any order."""
+        lifetime = timedelta(hours=tenant.policy.authorization_lifetime_hours)
+        authorization = new_authorization(account.id, identifier, False, utcnow() + lifetime)
+        await tenant.store.create_authorization(
+            authorization,
+            (AuditEntry("authorization.created", {"authorization": authorization.id}),),
+        )
+        return authorization
+
+    async def deactivate(
+        self, tenant: TenantContext, authorization: Authorization
+    ) -> Authorization:
+        """RFC 8555 §7.5.2: a client gives up a pending or valid authorization."""
+        if authorization.status not in (AuthorizationStatus.PENDING, AuthorizationStatus.VALID):
+            raise AcmeProblem(
+                "malformed",
+                f"An authorization that is {authorization.status} cannot be deactivated",
+            )
+        updated = replace(authorization, status=AuthorizationStatus.DEACTIVATED)
+        audit = AuditEntry("authorization.deactivated", {"authorization": authorization.id})
+        await tenant.store.update_authorization(updated, (audit,))
+        return updated
+
+    async def respond(
+        self,
+        tenant: TenantContext,
+        account: Account,
+        authorization: Authorization,
+        challenge: Challenge,
+    ) -> tuple[Authorization, Challenge]:
+        """The client says a challenge is ready: validate it (RFC 8555 §7.5.1)."""
+        if is_expired(authorization, utcnow()):
+            raise AcmeProblem("malformed", "The authorization has expired")
+        if (
+            challenge.status != ChallengeStatus.PENDING
+            or authorization.status != AuthorizationStatus.PENDING
+        ):
+            return authorization, challenge
+        processing = replace(challenge, status=ChallengeStatus.PROCESSING)
+        authorization = _with_challenge(authorization, processing)
+        await tenant.store.update_authorization(authorization)
+        task = asyncio.create_task(self._validate(tenant, account, authorization, processing))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._wait_seconds)
+        except TimeoutError:
+            return authorization, processing
+        current = await tenant.store.get_authorization(authorization.id)
+        if current is None:
+            return authorization, processing
+        return current, current.challenge(challenge.id) or processing
+
+    async def _validate(
+        self,
+        tenant: TenantContext,
+        account: Account,
+        authorization: Authorization,
+        challenge: Challenge,
+    ) -> None:
+        key_authorization = f"{challenge.token}.{account.thumbprint}"
+        error: AcmeProblem | None = None
+        async with tenant.validation_slots:
+            try:
+                await self._validator.validate(
+                    challenge.type, authorization.identifier, challenge.token, key_authorization
+                )
+            except AcmeProblem as exc:
+                error = exc
+            except Exception:
+                logger.exception("validation of %s crashed", challenge.id)
+                error = AcmeProblem("serverInternal", "Validation failed inside the server")
+        now = utcnow()
+        if error is None:
+            done = replace(challenge, status=ChallengeStatus.VALID, validated=now)
+            status = AuthorizationStatus.VALID
+        else:
+            problem_json = error.to_json()
+            problem_json["identifier"] = authorization.identifier.to_json()
+            done = replace(challenge, status=ChallengeStatus.INVALID, error=problem_json)
+            status = AuthorizationStatus.INVALID
+        result = replace(_with_challenge(authorization, done), status=status)
+        audit = AuditEntry(
+            "authorization.validated" if error is None else "authorization.failed",
+            {
+                "authorization": authorization.id,
+                "identifier": authorization.identifier.value,
+                "challenge": challenge.type,
+                "error": None if error is None else error.type,
+            },
+        )
+        try:
+            await tenant.store.update_authorization(result, (audit,))
+        except Exception:
+            logger.exception("could not record the validation of %s", challenge.id)
+        logger.info(
+            "challenge %s %s for %s: %s",
+            challenge.type,
+            done.status,
+            authorization.identifier.value,
+            error.detail if error else "ok",
+        )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _with_challenge(authorization: Authorization, challenge: Challenge) -> Authorization:
+    challenges = tuple(challenge if c.id == challenge.id else c for c in authorization.challenges)
+    return replace(authorization, challenges=challenges)

@@ -1,0 +1,282 @@
+"""Orders (RFC 8555 §7.4): creation, status, finalization and issuance.
+
+Issuance is ordered so that a crash at any point leaves either a finished
+certificate with its record, or an order that can be finalized again: the
+serial is recorded and the order moved to processing in one transaction, then
+the certificate is signed, then the record and the order are completed in one
+more. A serial recorded but never completed is abandoned at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import josepy as jose
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from acme_mt.authority.authorizations import is_expired, new_authorization
+from acme_mt.authority.identifiers import base_identifier, check_identifiers
+from acme_mt.errors import AcmeProblem
+from acme_mt.issuance import check_csr, csr_identifiers, new_serial, parse_csr, shard_for_serial
+from acme_mt.jws import thumbprint
+from acme_mt.models import (
+    Account,
+    AuditEntry,
+    Authorization,
+    AuthorizationStatus,
+    CertificateRecord,
+    CertificateStatus,
+    Order,
+    OrderStatus,
+    new_id,
+    utcnow,
+)
+from acme_mt.tenancy.context import TenantContext
+
+logger = logging.getLogger(__name__)
+
+#: Backdating absorbs small clock differences between the CA and relying parties.
+BACKDATE = timedelta(minutes=1)
+
+
+def parse_time(raw: Any, field: str) -> datetime | None:
+    """Read an RFC 3339 timestamp from a newOrder payload."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise AcmeProblem("malformed", f"{field} must be an RFC 3339 timestamp")
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise AcmeProblem("malformed", f"{field} must be an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise AcmeProblem("malformed", f"{field} needs a time zone")
+    return moment.replace(microsecond=0)
+
+
+class OrderService:
+    """The only writer of orders; drives issuance through the tenant's issuer."""
+
+    async def new_order(
+        self, tenant: TenantContext, account: Account, payload: dict[str, Any]
+    ) -> Order:
+        """RFC 8555 §7.4: validate identifiers and make or reuse authorizations."""
+        policy = tenant.policy
+        identifiers = check_identifiers(payload.get("identifiers"), policy)
+        now = utcnow()
+        not_before = parse_time(payload.get("notBefore"), "notBefore")
+        not_after = parse_time(payload.get("notAfter"), "notAfter")
+        self._check_validity(tenant, now, not_before, not_after)
+        authz_expires = now + timedelta(hours=policy.authorization_lifetime_hours)
+        order_expires = now + timedelta(hours=policy.order_lifetime_hours)
+        authorization_ids: list[str] = []
+        created: list[Authorization] = []
+        all_valid = True
+        for identifier in identifiers:
+            base, wildcard = base_identifier(identifier)
+            reusable = await tenant.store.find_reusable_authorization(
+                account.id, base, wildcard, now
+            )
+            if reusable is not None:
+                authorization_ids.append(reusable.id)
+                order_expires = min(order_expires, reusable.expires)
+                continue
+            authorization = new_authorization(account.id, base, wildcard, authz_expires)
+            created.append(authorization)
+            authorization_ids.append(authorization.id)
+            all_valid = False
+        order = Order(
+            id=new_id(),
+            account_id=account.id,
+            status=OrderStatus.READY if all_valid else OrderStatus.PENDING,
+            identifiers=identifiers,
+            authorization_ids=tuple(authorization_ids),
+            expires=order_expires,
+            created=now,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        audit = AuditEntry(
+            "order.created",
+            {
+                "order": order.id,
+                "account": account.id,
+                "identifiers": [i.value for i in identifiers],
+            },
+        )
+        await tenant.store.create_order(order, created, (audit,))
+        return order
+
+    def _check_validity(
+        self,
+        tenant: TenantContext,
+        now: datetime,
+        not_before: datetime | None,
+        not_after: datetime | None,
+    ) -> None:
+        max_days = tenant.policy.max_validity_days
+        start = not_before or now
+        if not_after is not None and not_after <= start:
+            raise AcmeProblem("malformed", "notAfter must be later than notBefore")
+        if not_before is not None and not_before > now + timedelta(days=max_days):
+            raise AcmeProblem("malformed", "notBefore is too far in the future")
+        if not_after is not None and not_after - start > timedelta(days=max_days):
+            raise AcmeProblem(
+                "malformed", f"policy max_validity_days allows at most {max_days} days"
+            )
+
+    async def refresh(self, tenant: TenantContext, order: Order) -> Order:
+        """Bring a pending or ready order's status up to date with its authorizations."""
+        if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
+            return order
+        now = utcnow()
+        status = OrderStatus.READY
+        error: dict[str, Any] | None = None
+        if order.expires <= now:
+            status = OrderStatus.INVALID
+            error = AcmeProblem("malformed", "The order expired before it was finalized").to_json()
+        else:
+            for authorization_id in order.authorization_ids:
+                authorization = await tenant.store.get_authorization(authorization_id)
+                if authorization is None or authorization.status in (
+                    AuthorizationStatus.INVALID,
+                    AuthorizationStatus.DEACTIVATED,
+                    AuthorizationStatus.REVOKED,
+                ):
+                    status, error = OrderStatus.INVALID, _authorization_error(authorization)
+                    break
+                if is_expired(authorization, now):
+                    status = OrderStatus.INVALID
+                    error = AcmeProblem("unauthorized", "An authorization expired").to_json()
+                    break
+                if authorization.status != AuthorizationStatus.VALID:
+                    status = OrderStatus.PENDING
+        if status == order.status:
+            return order
+        updated = replace(order, status=status, error=error)
+        await tenant.store.update_order(updated)
+        return updated
+
+    async def finalize(
+        self, tenant: TenantContext, account: Account, order: Order, payload: dict[str, Any]
+    ) -> Order:
+        """RFC 8555 §7.4: check the CSR against the order and policy, then issue."""
+        order = await self.refresh(tenant, order)
+        if order.status != OrderStatus.READY:
+            raise AcmeProblem("orderNotReady", f"The order is {order.status}, not ready")
+        csr_b64 = payload.get("csr")
+        if not isinstance(csr_b64, str):
+            raise AcmeProblem("malformed", "finalize needs a csr")
+        csr = _decode_csr(csr_b64)
+        self._check_csr_against_order(csr, order, account)
+        check_csr(csr, tenant.policy)
+        now = utcnow()
+        not_before = order.not_before or (now - BACKDATE)
+        longest = not_before + timedelta(days=tenant.policy.max_validity_days)
+        not_after = min(order.not_after or longest, longest)
+        serial = new_serial()
+        serial_hex = format(serial, "x")
+        record = CertificateRecord(
+            serial=serial_hex,
+            account_id=account.id,
+            order_id=order.id,
+            status=CertificateStatus.PENDING,
+            not_before=not_before,
+            not_after=not_after,
+            created=now,
+            shard=shard_for_serial(serial, tenant.policy.crl_shards),
+        )
+        processing = replace(order, status=OrderStatus.PROCESSING, certificate_serial=serial_hex)
+        intent = AuditEntry(
+            "certificate.signing",
+            {
+                "serial": serial_hex,
+                "order": order.id,
+                "names": [i.value for i in order.identifiers],
+            },
+        )
+        if not await tenant.store.begin_issuance(processing, record, (intent,)):
+            raise AcmeProblem("orderNotReady", "The order is already being finalized")
+        sans = [(i.type, i.value) for i in order.identifiers]
+        try:
+            certificate = await tenant.issuer.issue_leaf(
+                csr,
+                sans,
+                not_before=not_before,
+                not_after=not_after,
+                serial=serial,
+                shard=record.shard,
+                ocsp=tenant.policy.ocsp,
+            )
+        except Exception:
+            logger.exception("signing serial %s failed", serial_hex)
+            failed = AuditEntry("certificate.failed", {"serial": serial_hex})
+            await tenant.store.abandon_issuance(
+                replace(order, status=OrderStatus.READY, certificate_serial=None),
+                serial_hex,
+                (failed,),
+            )
+            raise
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        issued = replace(
+            record,
+            status=CertificateStatus.VALID,
+            der=der,
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+        )
+        valid = replace(processing, status=OrderStatus.VALID)
+        outcome = AuditEntry("certificate.issued", {"serial": serial_hex, "order": order.id})
+        await tenant.store.complete_issuance(valid, issued, (outcome,))
+        logger.info("issued serial %s for order %s", serial_hex, order.id)
+        return valid
+
+    def _check_csr_against_order(
+        self, csr: x509.CertificateSigningRequest, order: Order, account: Account
+    ) -> None:
+        wanted = {(i.type, i.value.lower()) for i in order.identifiers}
+        asked = csr_identifiers(csr)
+        if asked != wanted:
+            missing = sorted(v for _, v in wanted - asked)
+            extra = sorted(v for _, v in asked - wanted)
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"not in the order: {', '.join(extra)}")
+            raise AcmeProblem(
+                "badCSR", "The CSR's names differ from the order's: " + "; ".join(parts)
+            )
+        if public_key_thumbprint(csr.public_key()) == account.thumbprint:
+            raise AcmeProblem("badCSR", "The certificate key must differ from the account key")
+
+
+def _decode_csr(csr_b64: str) -> x509.CertificateSigningRequest:
+    try:
+        der = jose.b64decode(csr_b64)
+    except (ValueError, TypeError):
+        raise AcmeProblem("badCSR", "The csr is not base64url") from None
+    return parse_csr(der)
+
+
+def public_key_thumbprint(public_key: Any) -> str | None:
+    """The RFC 7638 thumbprint of a certificate key, or None for types JWK cannot express."""
+    pem = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        return thumbprint(jose.JWK.load(pem))
+    except (jose.Error, ValueError, TypeError):
+        return None
+
+
+def _authorization_error(authorization: Authorization | None) -> dict[str, Any]:
+    if authorization is not None:
+        for challenge in authorization.challenges:
+            if challenge.error:
+                return challenge.error
+    return AcmeProblem("unauthorized", "An authorization of this order is not valid").to_json()

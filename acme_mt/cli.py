@@ -1,0 +1,237 @@
+"""The ``acme-mt`` command line (ARCHITECTURE: command line).
+
+Every command takes ``--config`` and ``--data-dir`` as ``serve`` does, so it
+works on the same data as a running server; reporting commands print one JSON
+object with ``--json``. Secrets never come from arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from acme_mt.app import run_server
+from acme_mt.audit import verify_chain
+from acme_mt.backends import open_keystore, open_store_backend
+from acme_mt.config import Settings, load_settings
+from acme_mt.errors import AcmeMtError
+from acme_mt.log import setup_logging
+from acme_mt.models import AuditEntry, EabKey, new_id, utcnow
+from acme_mt.storage.base import TenantRecord
+from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
+from acme_mt.urls import AcmeUrls
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj) if args.json else text)
+
+
+def _tenant_json(settings: Settings, record: TenantRecord) -> dict[str, Any]:
+    return {
+        "slug": record.slug,
+        "status": record.status,
+        "directory_url": AcmeUrls(settings.server.https_url, record.slug).directory(),
+        "model": record.model,
+        "tier": record.tier,
+        "created": record.created.isoformat(),
+        "policy": record.policy,
+    }
+
+
+async def _with_registry(
+    settings: Settings, action: Callable[..., Awaitable[int]], *extra: Any
+) -> int:
+    stores = open_store_backend(settings)
+    keystore = open_keystore(settings)
+    registry = await stores.open_registry()
+    try:
+        return await action(settings, stores, registry, keystore, *extra)
+    finally:
+        await registry.close()
+        await stores.close()
+        await keystore.close()
+
+
+async def _tenant_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    policy: dict[str, Any] | None = None
+    if args.policy:
+        try:
+            policy = tomllib.loads(Path(args.policy).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise AcmeMtError(f"cannot read policy file: {exc}") from None
+        policy = policy.get("policy", policy)
+    provider = await ensure_provider(settings, registry, keystore)
+    record = await onboard_tenant(
+        settings,
+        registry,
+        stores,
+        keystore,
+        provider,
+        args.slug,
+        policy,
+        model=args.model,
+        tier=args.tier,
+    )
+    body = _tenant_json(settings, record)
+    body["ca_certificate"] = record.ca_certificate_pem
+    body["ca_url"] = f"{settings.server.http_url.rstrip('/')}/{record.slug}/ca.pem"
+    _emit(
+        args,
+        body,
+        f"tenant {record.slug} created\ndirectory: {body['directory_url']}\n"
+        f"CA certificate:\n{record.ca_certificate_pem}",
+    )
+    return 0
+
+
+async def _tenant_list(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    records = await registry.list_tenants()
+    tenants = [_tenant_json(settings, r) for r in records]
+    text = "\n".join(f"{t['slug']}\t{t['status']}\t{t['directory_url']}" for t in tenants)
+    _emit(args, {"tenants": tenants}, text)
+    return 0
+
+
+async def _tenant_show(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    record = await registry.get_tenant(args.slug)
+    if record is None:
+        raise AcmeMtError(f"no tenant {args.slug!r}")
+    body = _tenant_json(settings, record)
+    _emit(args, body, "\n".join(f"{k}: {v}" for k, v in body.items()))
+    return 0
+
+
+async def _tenant_suspend(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    record = await set_tenant_status(registry, args.slug, "suspended")
+    _emit(args, _tenant_json(settings, record), f"tenant {record.slug} suspended")
+    return 0
+
+
+async def _open_tenant_store(stores, registry, slug):  # type: ignore[no-untyped-def]
+    record = await registry.get_tenant(slug)
+    if record is None:
+        raise AcmeMtError(f"no tenant {slug!r}")
+    return await stores.open_tenant_store(record.id, record.slug)
+
+
+async def _eab_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        key = EabKey(kid=new_id(), hmac_key=secrets.token_bytes(32), created=utcnow())
+        await store.create_eab_key(key, (AuditEntry("eab.created", {"kid": key.kid}, "cli"),))
+    finally:
+        await store.close()
+    body = {"kid": key.kid, "hmac_key": _b64url(key.hmac_key)}
+    _emit(args, body, f"kid: {body['kid']}\nhmac_key: {body['hmac_key']}")
+    return 0
+
+
+async def _audit_verify(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        records = []
+        after = 0
+        while True:
+            page = await store.list_audit(after, 1000)
+            if not page:
+                break
+            records.extend(page)
+            after = page[-1].seq
+    finally:
+        await store.close()
+    broken = verify_chain(records)
+    body = {"slug": args.slug, "records": len(records), "broken_at": broken, "ok": broken is None}
+    text = (
+        f"audit chain of {args.slug}: {len(records)} records, intact"
+        if broken is None
+        else f"audit chain of {args.slug} breaks at record {broken}"
+    )
+    _emit(args, body, text)
+    return 0 if broken is None else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file")
+    common.add_argument("--data-dir", help="data directory of the embedded back ends")
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = argparse.ArgumentParser(prog="acme-mt", description="Multi-tenant PKI server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", parents=[common], help="run both listeners")
+
+    tenant = commands.add_parser("tenant", help="tenant lifecycle").add_subparsers(
+        dest="action", required=True
+    )
+    create = tenant.add_parser("create", parents=[common], help="onboard a tenant")
+    create.add_argument("slug")
+    create.add_argument(
+        "--model", choices=["shared", "dedicated", "hierarchical"], default="shared"
+    )
+    create.add_argument("--tier", default="standard")
+    create.add_argument("--policy", help="TOML file with the tenant's policy")
+    create.set_defaults(run=_tenant_create)
+    tenant.add_parser("list", parents=[common]).set_defaults(run=_tenant_list)
+    for name, run in (("show", _tenant_show), ("suspend", _tenant_suspend)):
+        sub = tenant.add_parser(name, parents=[common])
+        sub.add_argument("slug")
+        sub.set_defaults(run=run)
+
+    eab = commands.add_parser("eab", help="external account binding keys").add_subparsers(
+        dest="action", required=True
+    )
+    eab_create = eab.add_parser("create", parents=[common], help="make an EAB key")
+    eab_create.add_argument("slug")
+    eab_create.set_defaults(run=_eab_create)
+
+    audit = commands.add_parser("audit", help="audit chain").add_subparsers(
+        dest="action", required=True
+    )
+    verify = audit.add_parser("verify", parents=[common], help="check a tenant's chain")
+    verify.add_argument("slug")
+    verify.set_defaults(run=_audit_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, args.data_dir)
+        if args.command == "serve":
+            setup_logging()
+            _run(settings, run_server(settings))
+            return 0
+        setup_logging("WARNING")
+        return int(asyncio.run(_with_registry(settings, args.run, args)))
+    except AcmeMtError as exc:
+        print(f"acme-mt: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(settings: Settings, coroutine: Awaitable[None]) -> None:
+    if settings.server.uvloop:
+        try:
+            import uvloop
+
+            uvloop.run(coroutine)  # type: ignore[arg-type]
+            return
+        except ImportError:
+            pass
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Logging set-up: every record carries the tenant and request id of its request.
+
+Handlers set the two context variables once, in the request middleware; a
+filter copies them onto each record, so no call site formats them by hand.
+One JSON event per request goes to the ``acme_mt.request`` logger.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from typing import Any
+
+tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="-")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+request_logger = logging.getLogger("acme_mt.request")
+
+
+class ContextFilter(logging.Filter):
+    """Stamp the current tenant and request id on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.tenant = tenant_var.get()
+        record.request_id = request_id_var.get()
+        return True
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure the root logger once for the server process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s tenant=%(tenant)s request=%(request_id)s "
+            "%(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's own access log would duplicate the request event.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_request_event(event: dict[str, Any]) -> None:
+    """Write the one structured event of a finished request."""
+    if request_logger.isEnabledFor(logging.INFO):
+        request_logger.info("%s", json.dumps(event, separators=(",", ":"), default=str))

@@ -1,0 +1,167 @@
+"""The ACME objects of RFC 8555 §7.1 as immutable values, shared by every layer.
+
+Stores persist these, the authority makes new versions of them with
+``dataclasses.replace``, and the web layer renders them as JSON.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, to the second (what ACME timestamps carry)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def new_id() -> str:
+    """An unguessable identifier for URLs: 128 random bits, base64url."""
+    return secrets.token_urlsafe(16)
+
+
+def rfc3339(moment: datetime) -> str:
+    """Format a timestamp as RFC 3339 in UTC with a Z, as ACME objects carry."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AccountStatus:
+    VALID = "valid"
+    DEACTIVATED = "deactivated"
+    REVOKED = "revoked"
+
+
+class OrderStatus:
+    PENDING = "pending"
+    READY = "ready"
+    PROCESSING = "processing"
+    VALID = "valid"
+    INVALID = "invalid"
+
+
+class AuthorizationStatus:
+    PENDING = "pending"
+    VALID = "valid"
+    INVALID = "invalid"
+    DEACTIVATED = "deactivated"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class ChallengeStatus:
+    PENDING = "pending"
+    PROCESSING = "processing"
+    VALID = "valid"
+    INVALID = "invalid"
+
+
+class CertificateStatus:
+    PENDING = "pending"  # recorded before signing; becomes valid when the DER is stored
+    VALID = "valid"
+    REVOKED = "revoked"
+    ABANDONED = "abandoned"  # signing never completed; the serial is never reused
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """An RFC 8555 §7.1.4 identifier, kept exactly as the client sent it."""
+
+    type: str
+    value: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "value": self.value}
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    jwk: dict[str, Any]
+    thumbprint: str
+    status: str
+    contact: tuple[str, ...]
+    created: datetime
+    eab_kid: str | None = None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    id: str
+    authorization_id: str
+    type: str
+    token: str
+    status: str
+    validated: datetime | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Authorization:
+    id: str
+    account_id: str
+    identifier: Identifier
+    status: str
+    expires: datetime
+    wildcard: bool
+    challenges: tuple[Challenge, ...] = ()
+    created: datetime = field(default_factory=utcnow)
+
+    def challenge(self, challenge_id: str) -> Challenge | None:
+        return next((c for c in self.challenges if c.id == challenge_id), None)
+
+
+@dataclass(frozen=True)
+class Order:
+    id: str
+    account_id: str
+    status: str
+    identifiers: tuple[Identifier, ...]
+    authorization_ids: tuple[str, ...]
+    expires: datetime
+    created: datetime
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    error: dict[str, Any] | None = None
+    certificate_serial: str | None = None
+    profile: str | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """An issued (or about to be issued) certificate; ``serial`` is lowercase hex."""
+
+    serial: str
+    account_id: str | None
+    order_id: str | None
+    status: str
+    not_before: datetime
+    not_after: datetime
+    created: datetime
+    der: bytes | None = None
+    revoked_at: datetime | None = None
+    revocation_reason: int | None = None
+    shard: int = 0
+    channel: str = "acme"
+
+
+@dataclass(frozen=True)
+class EabKey:
+    """An external account binding key (RFC 8555 §7.3.4); ``hmac_key`` is raw bytes."""
+
+    kid: str
+    hmac_key: bytes
+    created: datetime
+    account_id: str | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event for a tenant's audit chain; the store adds sequence and hashes."""
+
+    event: str
+    data: dict[str, Any]
+    actor: str = "server"

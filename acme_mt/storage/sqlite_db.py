@@ -1,0 +1,158 @@
+"""One SQLite connection on a worker thread of its own, shared by the SQLite stores.
+
+The event loop never waits on SQLite: every call is handed to the connection's
+single worker thread and awaited, which also serialises the calls, so a
+connection is never used by two threads at once. Files run in WAL mode so that
+another process (the command line writing an EAB key or a tenant while the
+server runs) can write beside us; ``busy_timeout`` waits out its locks. The
+connection is in autocommit mode: every read ends its snapshot when it returns,
+so reads see rows other processes committed, and every write is one explicit
+``BEGIN IMMEDIATE`` transaction that takes the write lock before it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from acme_mt.errors import Conflict, StoreError, TenantUnavailable
+from acme_mt.storage.migrate import apply_sqlite_migrations
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+
+_UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
+
+
+class NothingChanged(Exception):
+    """Raised inside a write to roll it back (audit included) and return ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+class SqliteDatabase:
+    """A SQLite file opened on its own worker thread."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection):
+        self.path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = conn
+
+    @classmethod
+    async def open(cls, path: Path, kind: str) -> SqliteDatabase:
+        """Open (creating if needed) the file at ``path`` and apply pending migrations."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{kind}")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, _connect, path, kind)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, executor, conn)
+
+    async def read(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` on the worker in one short read transaction (one snapshot)."""
+        return await self._submit(functools.partial(_read, body))
+
+    async def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` on the worker in one ``BEGIN IMMEDIATE`` transaction.
+
+        Any exception rolls the whole transaction back; ``NothingChanged`` rolls
+        it back too and returns its result.
+
+        :raises acme_mt.errors.Conflict: a unique or primary key was taken.
+        """
+        return await self._submit(functools.partial(_write, body))
+
+    async def close(self) -> None:
+        """Close the connection and let the worker thread end; closing twice is harmless."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, conn.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _submit(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _guarded, job, conn, self.path)
+
+
+def _connect(path: Path, kind: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        apply_sqlite_migrations(conn, kind)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _guarded(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, path: Path) -> T:
+    """Turn SQLite's exceptions into the store's domain errors."""
+    try:
+        return job(conn)
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorcode in _UNIQUE_CODES:
+            raise Conflict("a record with this key exists already") from exc
+        raise StoreError("the change breaks a rule of the store") from exc
+    except sqlite3.ProgrammingError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        # Locked past busy_timeout, disk full, a damaged file: this store only.
+        logger.warning("SQLite failure on %s: %s", path, exc)
+        raise TenantUnavailable() from exc
+
+
+def _read(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN")
+    try:
+        return body(conn)
+    finally:
+        _end(conn, "COMMIT")
+
+
+def _write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+    except NothingChanged as unchanged:
+        _end(conn, "ROLLBACK")
+        return unchanged.result  # type: ignore[no-any-return]
+    except BaseException:
+        _end(conn, "ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _end(conn: sqlite3.Connection, statement: str) -> None:
+    # SQLite rolls back by itself after some errors (a full disk, say).
+    if conn.in_transaction:
+        conn.execute(statement)

@@ -1,0 +1,456 @@
+"""One tenant's ACME state (RFC 8555 §7.1) in a SQLite file of its own.
+
+Implements ``TenantStore`` from ``acme_mt.storage.base``. Every write is one
+transaction that also appends the caller's audit entries to the tenant's hash
+chain (``acme_mt.audit``); a write that changes nothing (an order no longer
+ready, a certificate already revoked, an account that exists) appends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from acme_mt.audit import GENESIS_HASH, chain_hash
+from acme_mt.errors import Conflict, StoreError
+from acme_mt.models import (
+    Account,
+    AuditEntry,
+    Authorization,
+    CertificateRecord,
+    CertificateStatus,
+    Challenge,
+    EabKey,
+    Identifier,
+    Order,
+    utcnow,
+)
+from acme_mt.storage.base import AuditRecord
+from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
+from acme_mt.storage.sqlite_rows import (
+    account_from_row,
+    account_to_row,
+    audit_from_row,
+    authorization_from_rows,
+    authorization_to_row,
+    certificate_from_row,
+    certificate_to_row,
+    challenge_from_row,
+    challenge_to_row,
+    eab_key_from_row,
+    eab_key_to_row,
+    insert,
+    order_from_rows,
+    order_to_row,
+    to_epoch,
+    to_json,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn = sqlite3.Connection
+
+
+class SqliteTenantStore:
+    """The store of one tenant, bound to its own file: no call reaches another tenant."""
+
+    def __init__(self, tenant_id: str, slug: str, db: SqliteDatabase) -> None:
+        self.tenant_id = tenant_id
+        self.slug = slug
+        self._db = db
+
+    async def _write(self, body: Callable[[Conn], T], audit: Sequence[AuditEntry]) -> T:
+        """Run ``body`` and append ``audit`` in one transaction."""
+
+        def run(conn: Conn) -> T:
+            result = body(conn)
+            _append_audit(conn, audit)
+            return result
+
+        return await self._db.write(run)
+
+    async def _read_one(self, query: str, key: str) -> sqlite3.Row | None:
+        rows = await self._db.read(lambda conn: conn.execute(query, (key,)).fetchall())
+        return rows[0] if rows else None
+
+    # Accounts and EAB keys (RFC 8555 §7.3).
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._read_one("SELECT * FROM accounts WHERE id = ?", account_id)
+        return None if row is None else account_from_row(row)
+
+    async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
+        row = await self._read_one("SELECT * FROM accounts WHERE thumbprint = ?", thumbprint)
+        return None if row is None else account_from_row(row)
+
+    async def create_account(self, account: Account, audit: Sequence[AuditEntry] = ()) -> Account:
+        """Insert an account and bind its EAB key, or return the account that has its key."""
+
+        def body(conn: Conn) -> Account:
+            rows = conn.execute(
+                "SELECT * FROM accounts WHERE thumbprint = ?", (account.thumbprint,)
+            ).fetchall()
+            if rows:
+                raise NothingChanged(account_from_row(rows[0]))
+            if account.eab_kid is not None:
+                _check_eab_unbound(conn, account.eab_kid)
+            insert(conn, "accounts", account_to_row(account))
+            if account.eab_kid is not None:
+                conn.execute(
+                    "UPDATE eab_keys SET account_id = ? WHERE kid = ?",
+                    (account.id, account.eab_kid),
+                )
+            return account
+
+        return await self._write(body, audit)
+
+    async def update_account(self, account: Account, audit: Sequence[AuditEntry] = ()) -> None:
+        """Store an account's key, status and contacts (its EAB binding never changes)."""
+
+        def body(conn: Conn) -> None:
+            cursor = conn.execute(
+                "UPDATE accounts SET thumbprint = :thumbprint, jwk = :jwk, status = :status,"
+                " contact = :contact WHERE id = :id",
+                account_to_row(account),
+            )
+            _require_row(cursor, "account")
+
+        await self._write(body, audit)
+
+    async def get_eab_key(self, kid: str) -> EabKey | None:
+        row = await self._read_one("SELECT * FROM eab_keys WHERE kid = ?", kid)
+        return None if row is None else eab_key_from_row(row)
+
+    async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None:
+        await self._write(lambda conn: insert(conn, "eab_keys", eab_key_to_row(key)), audit)
+
+    # Orders, authorizations and challenges (RFC 8555 §7.1.3 to §7.1.6).
+
+    async def get_order(self, order_id: str) -> Order | None:
+        def body(conn: Conn) -> Order | None:
+            rows = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchall()
+            if not rows:
+                return None
+            links = conn.execute(
+                "SELECT authorization_id FROM order_authorizations WHERE order_id = ?"
+                " ORDER BY position",
+                (order_id,),
+            ).fetchall()
+            return order_from_rows(rows[0], links)
+
+        return await self._db.read(body)
+
+    async def list_order_ids(self, account_id: str, limit: int, offset: int) -> list[str]:
+        """The account's order ids, newest first (RFC 8555 §7.1.2.1)."""
+
+        def body(conn: Conn) -> list[str]:
+            rows = conn.execute(
+                "SELECT id FROM orders WHERE account_id = ?"
+                " ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                (account_id, limit, offset),
+            ).fetchall()
+            return [row["id"] for row in rows]
+
+        return await self._db.read(body)
+
+    async def create_order(
+        self,
+        order: Order,
+        new_authorizations: Sequence[Authorization],
+        audit: Sequence[AuditEntry] = (),
+    ) -> None:
+        """Insert an order, its new authorizations and its links, in the order's sequence.
+
+        :raises acme_mt.errors.StoreError: a linked authorization is missing or
+            belongs to another account.
+        """
+
+        def body(conn: Conn) -> None:
+            insert(conn, "orders", order_to_row(order))
+            for authorization in new_authorizations:
+                _insert_authorization(conn, authorization)
+            for position, authorization_id in enumerate(order.authorization_ids):
+                cursor = conn.execute(
+                    "INSERT INTO order_authorizations (order_id, authorization_id, position)"
+                    " SELECT ?, id, ? FROM authorizations WHERE id = ? AND account_id = ?",
+                    (order.id, position, authorization_id, order.account_id),
+                )
+                if cursor.rowcount != 1:
+                    raise StoreError("an order may link only its account's authorizations")
+
+        await self._write(body, audit)
+
+    async def update_order(self, order: Order, audit: Sequence[AuditEntry] = ()) -> None:
+        await self._write(lambda conn: _update_order(conn, order), audit)
+
+    async def get_authorization(self, authorization_id: str) -> Authorization | None:
+        def body(conn: Conn) -> Authorization | None:
+            rows = conn.execute(
+                "SELECT * FROM authorizations WHERE id = ?", (authorization_id,)
+            ).fetchall()
+            return _with_challenges(conn, rows[0]) if rows else None
+
+        return await self._db.read(body)
+
+    async def get_challenge(self, challenge_id: str) -> Challenge | None:
+        row = await self._read_one("SELECT * FROM challenges WHERE id = ?", challenge_id)
+        return None if row is None else challenge_from_row(row)
+
+    async def find_reusable_authorization(
+        self, account_id: str, identifier: Identifier, wildcard: bool, now: datetime
+    ) -> Authorization | None:
+        """The newest valid, unexpired authorization of this account for this identifier."""
+
+        def body(conn: Conn) -> Authorization | None:
+            rows = conn.execute(
+                "SELECT * FROM authorizations WHERE account_id = ? AND identifier_type = ?"
+                " AND identifier_value = ? AND wildcard = ? AND status = 'valid'"
+                " AND expires > ? ORDER BY created DESC, rowid DESC LIMIT 1",
+                (account_id, identifier.type, identifier.value, int(wildcard), to_epoch(now)),
+            ).fetchall()
+            return _with_challenges(conn, rows[0]) if rows else None
+
+        return await self._db.read(body)
+
+    async def create_authorization(
+        self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Insert an authorization and its challenges outside any order (RFC 8555 §7.4.1)."""
+        await self._write(lambda conn: _insert_authorization(conn, authorization), audit)
+
+    async def update_authorization(
+        self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Store an authorization's status and expiry and the state of each challenge."""
+
+        def body(conn: Conn) -> None:
+            cursor = conn.execute(
+                "UPDATE authorizations SET status = :status, expires = :expires WHERE id = :id",
+                authorization_to_row(authorization),
+            )
+            _require_row(cursor, "authorization")
+            for position, challenge in enumerate(authorization.challenges):
+                cursor = conn.execute(
+                    "UPDATE challenges SET status = :status, validated = :validated,"
+                    " error = :error WHERE id = :id AND authorization_id = :authorization_id",
+                    challenge_to_row(challenge, position),
+                )
+                _require_row(cursor, "challenge")
+
+        await self._write(body, audit)
+
+    # Certificates (RFC 8555 §7.4.2 and §7.6, RFC 7030 §4.2).
+
+    async def get_certificate(self, serial: str) -> CertificateRecord | None:
+        row = await self._read_one("SELECT * FROM certificates WHERE serial = ?", serial.lower())
+        return None if row is None else certificate_from_row(row)
+
+    async def list_revoked_certificates(self, shard: int | None) -> list[CertificateRecord]:
+        """Revoked certificates not yet expired, by serial; the records carry no DER."""
+        query = (
+            "SELECT serial, account_id, order_id, status, not_before, not_after, created,"
+            " NULL AS der, revoked_at, revocation_reason, shard, channel FROM certificates"
+            " WHERE status = 'revoked' AND not_after > ?"
+        )
+        args: tuple[int, ...] = (to_epoch(utcnow()),)
+        if shard is not None:
+            query += " AND shard = ?"
+            args += (shard,)
+
+        def body(conn: Conn) -> list[CertificateRecord]:
+            rows = conn.execute(query + " ORDER BY serial", args).fetchall()
+            return [certificate_from_row(row) for row in rows]
+
+        return await self._db.read(body)
+
+    async def begin_issuance(
+        self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """Move a ready order to processing and record its serial as pending, or do nothing."""
+
+        def body(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE orders SET status = 'processing', certificate_serial = ?"
+                " WHERE id = ? AND status = 'ready'",
+                (certificate.serial.lower(), order.id),
+            )
+            if cursor.rowcount == 0:
+                raise NothingChanged(False)
+            _insert_pending_certificate(conn, certificate)
+            return True
+
+        return await self._write(body, audit)
+
+    async def complete_issuance(
+        self, order: Order | None, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Store the signed DER of a recorded serial, and the order's final state if given.
+
+        :raises acme_mt.errors.StoreError: the serial was never recorded, or is
+            valid or revoked already.
+        """
+
+        def body(conn: Conn) -> None:
+            cursor = conn.execute(
+                "UPDATE certificates SET der = :der, status = 'valid', not_before = :not_before,"
+                " not_after = :not_after WHERE serial = :serial"
+                " AND status IN ('pending', 'abandoned')",
+                certificate_to_row(certificate),
+            )
+            _require_row(cursor, "pending certificate")
+            if order is not None:
+                _update_order(conn, order)
+
+        await self._write(body, audit)
+
+    async def abandon_issuance(
+        self, order: Order | None, serial: str, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        def body(conn: Conn) -> None:
+            conn.execute(
+                "UPDATE certificates SET status = 'abandoned' WHERE serial = ? AND status = ?",
+                (serial.lower(), CertificateStatus.PENDING),
+            )
+            if order is not None:
+                _update_order(conn, order)
+
+        await self._write(body, audit)
+
+    async def recover_interrupted_issuance(self) -> int:
+        """Abandon every pending serial and make orders left processing ready again.
+
+        Run once at start-up, before serving: in this embedded back end one
+        server process owns the files. Returns how many serials were abandoned,
+        and audits them as ``issuance.recovered``.
+        """
+
+        def body(conn: Conn) -> int:
+            pending = conn.execute(
+                "SELECT serial FROM certificates WHERE status = 'pending' ORDER BY serial"
+            ).fetchall()
+            conn.execute("UPDATE certificates SET status = 'abandoned' WHERE status = 'pending'")
+            cursor = conn.execute(
+                "UPDATE orders SET status = 'ready', certificate_serial = NULL"
+                " WHERE status = 'processing' AND NOT EXISTS (SELECT 1 FROM certificates c"
+                " WHERE c.serial = orders.certificate_serial AND c.status <> 'abandoned')"
+            )
+            if not pending and cursor.rowcount == 0:
+                raise NothingChanged(0)
+            serials = [row["serial"] for row in pending]
+            data = {"abandoned_serials": serials, "orders_made_ready": cursor.rowcount}
+            _append_audit(conn, [AuditEntry("issuance.recovered", data)])
+            logger.info("abandoned %d interrupted issuances", len(serials))
+            return len(serials)
+
+        return await self._db.write(body)
+
+    async def insert_certificate(
+        self, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Record a pending serial outside an ACME order; ``complete_issuance`` finishes it.
+
+        :raises acme_mt.errors.Conflict: the serial exists already.
+        """
+        await self._write(lambda conn: _insert_pending_certificate(conn, certificate), audit)
+
+    async def revoke_certificate(
+        self, serial: str, reason: int, when: datetime, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        def body(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
+                " revocation_reason = ? WHERE serial = ? AND status = 'valid'",
+                (to_epoch(when), reason, serial.lower()),
+            )
+            if cursor.rowcount == 0:
+                raise NothingChanged(False)
+            return True
+
+        return await self._write(body, audit)
+
+    # The audit chain.
+
+    async def append_audit(self, audit: Sequence[AuditEntry]) -> None:
+        await self._write(lambda conn: None, audit)
+
+    async def list_audit(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        def body(conn: Conn) -> list[AuditRecord]:
+            rows = conn.execute(
+                "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+            return [audit_from_row(row) for row in rows]
+
+        return await self._db.read(body)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _require_row(cursor: sqlite3.Cursor, what: str) -> None:
+    if cursor.rowcount == 0:
+        raise StoreError(f"no such {what}")
+
+
+def _append_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
+    """Chain ``entries`` after the tenant's last record, inside the caller's transaction."""
+    if not entries:
+        return
+    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchall()
+    seq, prev_hash = (last[0]["seq"], last[0]["hash"]) if last else (0, GENESIS_HASH)
+    moment = utcnow()
+    for entry in entries:
+        seq += 1
+        # Hash exactly what a reader will get back from the JSON column.
+        data = json.loads(to_json(entry.data))
+        digest = chain_hash(prev_hash, seq, moment, entry.event, entry.actor, data)
+        conn.execute(
+            "INSERT INTO audit (seq, time, event, actor, data, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, to_epoch(moment), entry.event, entry.actor, to_json(data), prev_hash, digest),
+        )
+        prev_hash = digest
+
+
+def _check_eab_unbound(conn: Conn, kid: str) -> None:
+    """RFC 8555 §7.3.4: an EAB key binds one account, and a revoked key binds none."""
+    rows = conn.execute("SELECT revoked, account_id FROM eab_keys WHERE kid = ?", (kid,)).fetchall()
+    if not rows:
+        raise Conflict("the external account key is unknown")
+    if rows[0]["revoked"]:
+        raise Conflict("the external account key is revoked")
+    if rows[0]["account_id"] is not None:
+        raise Conflict("the external account key is bound to another account")
+
+
+def _update_order(conn: Conn, order: Order) -> None:
+    cursor = conn.execute(
+        "UPDATE orders SET status = :status, expires = :expires, not_before = :not_before,"
+        " not_after = :not_after, error = :error, certificate_serial = :certificate_serial,"
+        " profile = :profile, replaces = :replaces WHERE id = :id",
+        order_to_row(order),
+    )
+    _require_row(cursor, "order")
+
+
+def _insert_authorization(conn: Conn, authorization: Authorization) -> None:
+    insert(conn, "authorizations", authorization_to_row(authorization))
+    for position, challenge in enumerate(authorization.challenges):
+        insert(conn, "challenges", challenge_to_row(challenge, position))
+
+
+def _with_challenges(conn: Conn, row: sqlite3.Row) -> Authorization:
+    challenges = conn.execute(
+        "SELECT * FROM challenges WHERE authorization_id = ? ORDER BY position", (row["id"],)
+    ).fetchall()
+    return authorization_from_rows(row, challenges)
+
+
+def _insert_pending_certificate(conn: Conn, certificate: CertificateRecord) -> None:
+    row = certificate_to_row(certificate)
+    row.update(status=CertificateStatus.PENDING, der=None, revoked_at=None, revocation_reason=None)
+    insert(conn, "certificates", row)

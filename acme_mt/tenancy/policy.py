@@ -1,0 +1,101 @@
+"""A tenant's certificate policy: what it issues, to whom, for how long.
+
+Policies are frozen values validated when built; every error names the field.
+Checklist for a new policy field: add it to ``TenantPolicy``, parse it in
+``TenantPolicy.from_dict``, emit it in ``to_dict``, enforce it where it applies
+and test both the accepted and the rejected case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from acme_mt.errors import ConfigError
+
+#: Key types a CSR (or a CA) may use, by the names policies and key stores share.
+KNOWN_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+
+MAX_CA_VALIDITY_DAYS = 398
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """Issuance rules of one tenant, enforced at newOrder and at finalize."""
+
+    require_eab: bool = True
+    max_validity_days: int = 90
+    key_types: tuple[str, ...] = KNOWN_KEY_TYPES
+    allowed_suffixes: tuple[str, ...] = ()
+    authorization_lifetime_hours: int = 24 * 7
+    order_lifetime_hours: int = 24 * 7
+    max_identifiers: int = 100
+    ocsp: bool = True
+    ocsp_nonce: bool = True
+    crl_shards: int = 1
+    crl_lifetime_hours: int = 24
+    ca_key_type: str = "ec-p256"
+    caa_identities: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_validity_days <= MAX_CA_VALIDITY_DAYS:
+            raise ConfigError(f"max_validity_days must be 1 to {MAX_CA_VALIDITY_DAYS}")
+        unknown = [k for k in self.key_types if k not in KNOWN_KEY_TYPES]
+        if unknown or not self.key_types:
+            raise ConfigError(f"key_types must be a non-empty subset of {list(KNOWN_KEY_TYPES)}")
+        if self.ca_key_type not in KNOWN_KEY_TYPES:
+            raise ConfigError(f"ca_key_type must be one of {list(KNOWN_KEY_TYPES)}")
+        for suffix in self.allowed_suffixes:
+            if not suffix or suffix.startswith("*") or " " in suffix:
+                raise ConfigError(f"allowed_suffixes: {suffix!r} is not a domain suffix")
+        if not 1 <= self.authorization_lifetime_hours <= 24 * 30:
+            raise ConfigError("authorization_lifetime_hours must be 1 to 720")
+        if not 1 <= self.order_lifetime_hours <= 24 * 30:
+            raise ConfigError("order_lifetime_hours must be 1 to 720")
+        if not 1 <= self.max_identifiers <= 1000:
+            raise ConfigError("max_identifiers must be 1 to 1000")
+        if not 1 <= self.crl_shards <= 1024:
+            raise ConfigError("crl_shards must be 1 to 1024")
+        if not 1 <= self.crl_lifetime_hours <= 24 * 7:
+            raise ConfigError("crl_lifetime_hours must be 1 to 168")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, default_require_eab: bool = True) -> TenantPolicy:
+        """Build a policy from TOML or JSON, rejecting unknown fields by name."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown policy field(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {"require_eab": default_require_eab}
+        for name, value in raw.items():
+            expected = cls.__dataclass_fields__[name].type
+            if "tuple" in str(expected):
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) for v in value
+                ):
+                    raise ConfigError(f"{name} must be a list of strings")
+                value = tuple(value)
+            elif expected in ("bool", bool) and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false")
+            elif expected in ("int", int) and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
+                raise ConfigError(f"{name} must be an integer")
+            elif expected in ("str", str) and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string")
+            values[name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
+
+    def allows_name(self, name: str) -> bool:
+        """Whether a DNS name (wildcard label stripped) falls under the allowed suffixes."""
+        if not self.allowed_suffixes:
+            return True
+        base = name.lower().removeprefix("*.")
+        return any(
+            base == suffix.lower() or base.endswith("." + suffix.lower())
+            for suffix in self.allowed_suffixes
+        )

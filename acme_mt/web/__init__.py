@@ -1,0 +1,1 @@
+"""ACME over HTTP (RFC 8555): the only ACME code that knows aiohttp."""

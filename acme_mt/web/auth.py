@@ -1,0 +1,80 @@
+"""Authentication of ACME POSTs (RFC 8555 §6.2-6.5): one function every handler calls.
+
+Checks run in this order: content type, JWS shape and algorithm, the ``url``
+header against the URL actually requested, the signature (by the account of
+``kid`` or by ``jwk``), and last the nonce, so a forged request burns no nonce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import josepy as jose
+from aiohttp import web
+
+from acme_mt.errors import AcmeProblem
+from acme_mt.jws import JOSE_CONTENT_TYPE, ParsedJWS, load_jwk, parse_jws, verify_signature
+from acme_mt.models import Account, AccountStatus
+from acme_mt.urls import AcmeUrls
+from acme_mt.web.keys import SETTINGS, event_of, tenant_of
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A verified ACME POST: its JWS, its key and (for kid requests) its account."""
+
+    jws: ParsedJWS
+    jwk: jose.JWK
+    account: Account | None
+
+    def payload(self) -> dict[str, Any]:
+        return self.jws.payload_json()
+
+    def require_account(self) -> Account:
+        if self.account is None:
+            raise AcmeProblem("malformed", "This request must be signed with an account kid")
+        return self.account
+
+
+def request_url(request: web.Request) -> str:
+    """The URL the client addressed, as it must appear in the JWS ``url`` header."""
+    return request.app[SETTINGS].server.https_url.rstrip("/") + request.raw_path
+
+
+async def authenticate(request: web.Request, *, use_jwk: bool = False) -> SignedRequest:
+    """Verify an ACME POST.
+
+    :param use_jwk: the endpoint takes a ``jwk`` (newAccount, revokeCert) as well as a ``kid``.
+    :raises AcmeProblem: malformed, badSignatureAlgorithm, badPublicKey,
+        accountDoesNotExist, unauthorized or badNonce.
+    """
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type != JOSE_CONTENT_TYPE:
+        raise AcmeProblem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", status=415)
+    body = await request.read()
+    parsed = parse_jws(body)
+    header = parsed.header
+    if header.url != request_url(request):
+        raise AcmeProblem("unauthorized", "The JWS url header differs from the request URL")
+    tenant = tenant_of(request)
+    account: Account | None = None
+    if header.kid is not None:
+        urls = AcmeUrls(request.app[SETTINGS].server.https_url, tenant.slug)
+        account_id = urls.account_id_from_kid(header.kid)
+        account = await tenant.store.get_account(account_id) if account_id else None
+        if account is None:
+            raise AcmeProblem("accountDoesNotExist", "No account exists for this kid")
+        jwk = load_jwk(account.jwk)
+    elif use_jwk:
+        jwk = load_jwk(header.jwk)
+    else:
+        raise AcmeProblem("malformed", "This request must be signed with an account kid")
+    verify_signature(parsed, jwk)
+    if not header.nonce or not await tenant.nonces.redeem(header.nonce):
+        raise AcmeProblem("badNonce", "The nonce is stale, reused or missing")
+    if account is not None:
+        if account.status != AccountStatus.VALID:
+            raise AcmeProblem("unauthorized", f"The account is {account.status}")
+        event_of(request)["account"] = account.id
+    return SignedRequest(parsed, jwk, account)

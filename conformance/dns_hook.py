@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Publish and withdraw dns-01 TXT values (RFC 8555 §8.4) for the loopback test DNS server.
+
+The values go to the records directory named by ``ACME_MT_TEST_DNS_RECORDS``,
+one file per name (``<name>.txt``, one value per line), which
+``conformance/dns_server.py`` reads on every query. It needs only the standard
+library, so any ``python3`` can run it.
+
+lego's ``exec`` DNS provider (``EXEC_PATH=conformance/dns_hook.py``) calls::
+
+    dns_hook.py present|cleanup _acme-challenge.example.com. VALUE
+
+certbot's manual hooks pass the name and value in the environment
+(``CERTBOT_DOMAIN``, ``CERTBOT_VALIDATION``), so give them only the verb::
+
+    --manual-auth-hook "conformance/dns_hook.py present"
+    --manual-cleanup-hook "conformance/dns_hook.py cleanup"
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+RECORDS_ENV = "ACME_MT_TEST_DNS_RECORDS"
+USAGE = "usage: dns_hook.py present|cleanup [FQDN VALUE]  (or CERTBOT_DOMAIN/CERTBOT_VALIDATION)"
+
+
+def record_file(records: Path, fqdn: str) -> Path:
+    """The file for a name; the same layout as ``dns_server.txt_file``."""
+    name = fqdn.rstrip(".").lower()
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"unusable record name {fqdn!r}")
+    return records / f"{name}.txt"
+
+
+def change(records: Path, fqdn: str, value: str, present: bool) -> None:
+    """Add or remove one value, under a lock, replacing the file in one step."""
+    path = record_file(records, fqdn)
+    with open(records / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            values = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            values = []
+        if present and value not in values:
+            values.append(value)
+        if not present:
+            values = [v for v in values if v != value]
+        if not values:
+            path.unlink(missing_ok=True)
+            return
+        handle, temporary = tempfile.mkstemp(dir=records, prefix=".txt-")
+        with os.fdopen(handle, "w") as out:
+            out.write("".join(f"{v}\n" for v in values))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+
+
+def main(argv: list[str]) -> int:
+    """Parse lego's or certbot's way of calling and apply the change."""
+    records_dir = os.environ.get(RECORDS_ENV)
+    if not records_dir or len(argv) not in (1, 3) or argv[0] not in ("present", "cleanup"):
+        print(USAGE, f"with {RECORDS_ENV} set to the records directory", file=sys.stderr)
+        return 2
+    if len(argv) == 3:
+        fqdn, value = argv[1], argv[2]
+    else:
+        domain = os.environ.get("CERTBOT_DOMAIN", "")
+        value = os.environ.get("CERTBOT_VALIDATION", "")
+        if not domain or not value:
+            print(USAGE, file=sys.stderr)
+            return 2
+        fqdn = "_acme-challenge." + domain.removeprefix("*.")
+
+    records = Path(records_dir)
+    records.mkdir(parents=True, exist_ok=True)
+    try:
+        change(records, fqdn, value, present=argv[0] == "present")
+    except (OSError, ValueError) as exc:
+        print(f"dns_hook: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
