@@ -13,6 +13,7 @@ message. Adding a server is one context manager in SERVERS.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -270,21 +271,24 @@ def run_generator(
 
 
 def measure(
-    name: str, factory: ServerFactory, bench: Bench, clients: int, opts: argparse.Namespace
+    name: str, bench: Bench, clients: int, repeat: int, opts: argparse.Namespace
 ) -> dict[str, Any] | None:
     """One server at one client count, on a fresh server; a stalled run is tried again."""
     figures = None
     for attempt in range(1 + opts.stall_retries):
-        run_dir = bench.work / f"{name}-{clients}-{attempt}"
+        run_dir = bench.work / f"{name}-{clients}-{repeat}-{attempt}"
         run_dir.mkdir()
-        print(f"== {name}, {clients} client(s), attempt {attempt + 1}", flush=True)
-        with factory(bench, run_dir) as target:
+        load = os.getloadavg()[0]
+        print(f"== {name}, {clients} client(s), run {repeat + 1}, attempt {attempt + 1}, "
+              f"load average {load:.2f}", flush=True)  # fmt: skip
+        with SERVERS[name](bench, run_dir) as target:
             figures = run_generator(target, bench, clients, opts)
         if figures is not None and not figures["stalled"]:
             break
         print("  no figures or stalled; restarting the server", flush=True)
     if figures is not None:
         figures["server_name"] = name
+        figures["load_average_before"] = round(load, 2)
     return figures
 
 
@@ -292,7 +296,7 @@ def table(results: list[dict[str, Any]]) -> str:
     """One line per run, for the README."""
     columns = [
         "server", "clients", "certs", "errors", "certs/s", "p50 ms", "p99 ms",
-        "polls/cert", "generator CPU ms/cert", "stalled",
+        "polls/cert", "generator CPU ms/cert", "load before", "stalled",
     ]  # fmt: skip
     rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for f in results:
@@ -300,7 +304,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f["server_name"], f["clients"], f["certificates"], f["errors"],
             f["certificates_per_second"], f["latency_ms"]["p50"], f["latency_ms"]["p99"],
             f["polls_per_certificate"]["total"], f["generator_cpu_ms_per_certificate"],
-            "yes" if f["stalled"] else "no",
+            f["load_average_before"], "yes" if f["stalled"] else "no",
         ]  # fmt: skip
         rows.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     return "\n".join(rows)
@@ -315,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per run instead of --certs")
     parser.add_argument("--poll-interval", type=float, help="passed on to the generator")
     parser.add_argument("--stall-timeout", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per server and count")
     parser.add_argument("--stall-retries", type=int, default=1, help="fresh tries after a stall")
     parser.add_argument("--json", action="store_true", help="print all figures as JSON at the end")
     opts = parser.parse_args(argv)
@@ -335,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         with dns_stub(bench):
             for name in names:
                 try:
-                    for clients in counts:
-                        figures = measure(name, SERVERS[name], bench, clients, opts)
+                    for clients, repeat in itertools.product(counts, range(opts.repeat)):
+                        figures = measure(name, bench, clients, repeat, opts)
                         results.extend([figures] if figures else [])
                 except ServerUnavailable as reason:
                     print(f"== {name}: skipped: {reason}", flush=True)

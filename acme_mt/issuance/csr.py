@@ -97,7 +97,7 @@ def check_csr(csr: x509.CertificateSigningRequest, policy: TenantPolicy) -> str:
             raise AcmeProblem("badCSR", f"the CSR's key is weak: {weakness}")
     if key_type not in policy.key_types:
         raise AcmeProblem(
-            "badCSR", f"key type {key_type} is not allowed by this CA; it accepts {allowed}"
+            "badCSR", f"policy key_types allows {allowed}; the CSR key is {key_type}"
         )
 
     try:

@@ -1,5 +1,9 @@
 """The embedded store back end: one SQLite file per tenant plus one for the registry.
 
+``SqliteBackend`` opens the stores; ``SqliteRegistryStore`` is the provider's
+list of tenants. The command line writes the registry while the server runs
+(``acme-mt tenant create``), so every call reads fresh rows, never a cache.
+
 Layout under the data directory::
 
     registry.sqlite3                  tenants and provider-level values
@@ -16,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import weakref
 from pathlib import Path
 
 from acme_mt.errors import Conflict, StoreError
+from acme_mt.storage.base import TenantRecord
 from acme_mt.storage.sqlite_db import SqliteDatabase
-from acme_mt.storage.sqlite_registry import SqliteRegistryStore
+from acme_mt.storage.sqlite_rows import insert, tenant_from_row, tenant_to_row
 from acme_mt.storage.sqlite_tenant import SqliteTenantStore
 
 logger = logging.getLogger(__name__)
@@ -32,14 +38,14 @@ TENANT_FILE = "store.sqlite3"
 #: The slug rule of the URLs; it also keeps a slug from naming a path outside the data directory.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
+Conn = sqlite3.Connection
 
+
+# Limitation: every open tenant store keeps a connection and a thread, so an
+# installation with thousands of tenants keeps thousands of threads; closing idle
+# tenant stores (or moving such an installation to PostgreSQL) ends that.
 class SqliteBackend:
-    """The ``StoreBackend`` for ``acme-mt serve`` with no configuration.
-
-    Limitation: every open tenant store keeps a connection and a thread, so an
-    installation with thousands of tenants keeps thousands of threads; closing
-    idle tenant stores (or moving to PostgreSQL) ends that.
-    """
+    """The ``StoreBackend`` for ``acme-mt serve`` with no configuration."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
@@ -97,3 +103,76 @@ def _make_tenant_dir(path: Path) -> None:
     path.parent.chmod(0o700)
     if path.exists():
         raise Conflict("a store for this tenant exists already")
+
+
+class SqliteRegistryStore:
+    """Every tenant of this installation, by slug; only provider-level code holds it."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        """All tenants, oldest first."""
+
+        def body(conn: Conn) -> list[TenantRecord]:
+            rows = conn.execute("SELECT * FROM tenants ORDER BY created, slug").fetchall()
+            return [tenant_from_row(row) for row in rows]
+
+        return await self._db.read(body)
+
+    async def get_tenant(self, slug: str) -> TenantRecord | None:
+        def body(conn: Conn) -> TenantRecord | None:
+            rows = conn.execute("SELECT * FROM tenants WHERE slug = ?", (slug,)).fetchall()
+            return tenant_from_row(rows[0]) if rows else None
+
+        return await self._db.read(body)
+
+    async def create_tenant(self, tenant: TenantRecord) -> None:
+        """Register a tenant.
+
+        :raises acme_mt.errors.Conflict: the slug (or the id) is taken.
+        """
+        await self._db.write(lambda conn: insert(conn, "tenants", tenant_to_row(tenant)))
+
+    async def update_tenant(self, tenant: TenantRecord) -> None:
+        """Store a new version of a tenant, found by id.
+
+        :raises acme_mt.errors.Conflict: the new slug belongs to another tenant.
+        :raises acme_mt.errors.StoreError: no tenant has this id.
+        """
+
+        def body(conn: Conn) -> None:
+            cursor = conn.execute(
+                "UPDATE tenants SET slug = :slug, status = :status, policy = :policy,"
+                " ca_certificate_pem = :ca_certificate_pem, ca_key_label = :ca_key_label,"
+                " model = :model, tier = :tier WHERE id = :id",
+                tenant_to_row(tenant),
+            )
+            if cursor.rowcount == 0:
+                raise StoreError("no such tenant")
+
+        await self._db.write(body)
+
+    async def get_value(self, name: str) -> str | None:
+        def body(conn: Conn) -> str | None:
+            rows = conn.execute(
+                "SELECT value FROM provider_values WHERE name = ?", (name,)
+            ).fetchall()
+            return str(rows[0]["value"]) if rows else None
+
+        return await self._db.read(body)
+
+    async def set_value(self, name: str, value: str) -> None:
+        """Set a provider-level value, replacing any earlier one."""
+
+        def body(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO provider_values (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._db.write(body)
+
+    async def close(self) -> None:
+        await self._db.close()

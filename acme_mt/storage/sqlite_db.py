@@ -44,7 +44,7 @@ class NothingChanged(Exception):
 class SqliteDatabase:
     """A SQLite file opened on its own worker thread."""
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection):
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
         self.path = path
         self._executor = executor
         self._conn: sqlite3.Connection | None = conn
@@ -142,13 +142,13 @@ def _write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) ->
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = body(conn)
+        conn.execute("COMMIT")
     except NothingChanged as unchanged:
         _end(conn, "ROLLBACK")
         return unchanged.result  # type: ignore[no-any-return]
     except BaseException:
         _end(conn, "ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 

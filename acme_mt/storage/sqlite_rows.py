@@ -3,7 +3,8 @@
 Times are whole seconds since the epoch (UTC) in integer columns and come back
 as timezone-aware UTC datetimes; JSON columns hold compact text with sorted keys;
 certificate serials are lowercase hex. A ``*_to_row`` function returns the
-named parameters of its table, column by column.
+named parameters of its table, column by column; the helpers at the end write
+the rows of one object and run inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from acme_mt.audit import GENESIS_HASH, chain_hash
+from acme_mt.errors import StoreError
 from acme_mt.models import (
     Account,
+    AuditEntry,
     Authorization,
     CertificateRecord,
+    CertificateStatus,
     Challenge,
     EabKey,
     Identifier,
     Order,
+    utcnow,
 )
 from acme_mt.storage.base import AuditRecord, TenantRecord
 
@@ -280,3 +286,62 @@ def tenant_from_row(row: Row) -> TenantRecord:
         model=row["model"],
         tier=row["tier"],
     )
+
+
+def require_row(cursor: sqlite3.Cursor, what: str) -> None:
+    """Fail an update that matched no row, so the caller's transaction rolls back."""
+    if cursor.rowcount == 0:
+        raise StoreError(f"no such {what}")
+
+
+def append_audit(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
+    """Chain ``entries`` after the tenant's last record, inside the caller's transaction."""
+    if not entries:
+        return
+    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchall()
+    seq, prev_hash = (last[0]["seq"], last[0]["hash"]) if last else (0, GENESIS_HASH)
+    moment = utcnow()
+    for entry in entries:
+        seq += 1
+        # Hash exactly what a reader will get back from the JSON column.
+        data = json.loads(to_json(entry.data))
+        digest = chain_hash(prev_hash, seq, moment, entry.event, entry.actor, data)
+        conn.execute(
+            "INSERT INTO audit (seq, time, event, actor, data, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, to_epoch(moment), entry.event, entry.actor, to_json(data), prev_hash, digest),
+        )
+        prev_hash = digest
+
+
+def update_order_row(conn: sqlite3.Connection, order: Order) -> None:
+    """Store an order's mutable columns; its identifiers and links never change."""
+    cursor = conn.execute(
+        "UPDATE orders SET status = :status, expires = :expires, not_before = :not_before,"
+        " not_after = :not_after, error = :error, certificate_serial = :certificate_serial,"
+        " profile = :profile, replaces = :replaces WHERE id = :id",
+        order_to_row(order),
+    )
+    require_row(cursor, "order")
+
+
+def insert_authorization(conn: sqlite3.Connection, authorization: Authorization) -> None:
+    """Insert an authorization and its challenges, keeping the challenges' order."""
+    insert(conn, "authorizations", authorization_to_row(authorization))
+    for position, challenge in enumerate(authorization.challenges):
+        insert(conn, "challenges", challenge_to_row(challenge, position))
+
+
+def authorization_with_challenges(conn: sqlite3.Connection, row: sqlite3.Row) -> Authorization:
+    """Complete an authorization row with its challenges, in their order."""
+    challenges = conn.execute(
+        "SELECT * FROM challenges WHERE authorization_id = ? ORDER BY position", (row["id"],)
+    ).fetchall()
+    return authorization_from_rows(row, challenges)
+
+
+def insert_pending_certificate(conn: sqlite3.Connection, certificate: CertificateRecord) -> None:
+    """Record a serial before it is signed; the signed DER comes later."""
+    row = certificate_to_row(certificate)
+    row.update(status=CertificateStatus.PENDING, der=None, revoked_at=None, revocation_reason=None)
+    insert(conn, "certificates", row)

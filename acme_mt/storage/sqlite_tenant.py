@@ -8,14 +8,12 @@ ready, a certificate already revoked, an account that exists) appends nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from acme_mt.audit import GENESIS_HASH, chain_hash
 from acme_mt.errors import Conflict, StoreError
 from acme_mt.models import (
     Account,
@@ -34,9 +32,10 @@ from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
 from acme_mt.storage.sqlite_rows import (
     account_from_row,
     account_to_row,
+    append_audit,
     audit_from_row,
-    authorization_from_rows,
     authorization_to_row,
+    authorization_with_challenges,
     certificate_from_row,
     certificate_to_row,
     challenge_from_row,
@@ -44,10 +43,13 @@ from acme_mt.storage.sqlite_rows import (
     eab_key_from_row,
     eab_key_to_row,
     insert,
+    insert_authorization,
+    insert_pending_certificate,
     order_from_rows,
     order_to_row,
+    require_row,
     to_epoch,
-    to_json,
+    update_order_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class SqliteTenantStore:
 
         def run(conn: Conn) -> T:
             result = body(conn)
-            _append_audit(conn, audit)
+            append_audit(conn, audit)
             return result
 
         return await self._db.write(run)
@@ -118,7 +120,7 @@ class SqliteTenantStore:
                 " contact = :contact WHERE id = :id",
                 account_to_row(account),
             )
-            _require_row(cursor, "account")
+            require_row(cursor, "account")
 
         await self._write(body, audit)
 
@@ -173,7 +175,7 @@ class SqliteTenantStore:
         def body(conn: Conn) -> None:
             insert(conn, "orders", order_to_row(order))
             for authorization in new_authorizations:
-                _insert_authorization(conn, authorization)
+                insert_authorization(conn, authorization)
             for position, authorization_id in enumerate(order.authorization_ids):
                 cursor = conn.execute(
                     "INSERT INTO order_authorizations (order_id, authorization_id, position)"
@@ -186,14 +188,14 @@ class SqliteTenantStore:
         await self._write(body, audit)
 
     async def update_order(self, order: Order, audit: Sequence[AuditEntry] = ()) -> None:
-        await self._write(lambda conn: _update_order(conn, order), audit)
+        await self._write(lambda conn: update_order_row(conn, order), audit)
 
     async def get_authorization(self, authorization_id: str) -> Authorization | None:
         def body(conn: Conn) -> Authorization | None:
             rows = conn.execute(
                 "SELECT * FROM authorizations WHERE id = ?", (authorization_id,)
             ).fetchall()
-            return _with_challenges(conn, rows[0]) if rows else None
+            return authorization_with_challenges(conn, rows[0]) if rows else None
 
         return await self._db.read(body)
 
@@ -213,7 +215,7 @@ class SqliteTenantStore:
                 " AND expires > ? ORDER BY created DESC, rowid DESC LIMIT 1",
                 (account_id, identifier.type, identifier.value, int(wildcard), to_epoch(now)),
             ).fetchall()
-            return _with_challenges(conn, rows[0]) if rows else None
+            return authorization_with_challenges(conn, rows[0]) if rows else None
 
         return await self._db.read(body)
 
@@ -221,7 +223,7 @@ class SqliteTenantStore:
         self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
     ) -> None:
         """Insert an authorization and its challenges outside any order (RFC 8555 §7.4.1)."""
-        await self._write(lambda conn: _insert_authorization(conn, authorization), audit)
+        await self._write(lambda conn: insert_authorization(conn, authorization), audit)
 
     async def update_authorization(
         self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
@@ -233,14 +235,14 @@ class SqliteTenantStore:
                 "UPDATE authorizations SET status = :status, expires = :expires WHERE id = :id",
                 authorization_to_row(authorization),
             )
-            _require_row(cursor, "authorization")
+            require_row(cursor, "authorization")
             for position, challenge in enumerate(authorization.challenges):
                 cursor = conn.execute(
                     "UPDATE challenges SET status = :status, validated = :validated,"
                     " error = :error WHERE id = :id AND authorization_id = :authorization_id",
                     challenge_to_row(challenge, position),
                 )
-                _require_row(cursor, "challenge")
+                require_row(cursor, "challenge")
 
         await self._write(body, audit)
 
@@ -281,7 +283,7 @@ class SqliteTenantStore:
             )
             if cursor.rowcount == 0:
                 raise NothingChanged(False)
-            _insert_pending_certificate(conn, certificate)
+            insert_pending_certificate(conn, certificate)
             return True
 
         return await self._write(body, audit)
@@ -302,9 +304,9 @@ class SqliteTenantStore:
                 " AND status IN ('pending', 'abandoned')",
                 certificate_to_row(certificate),
             )
-            _require_row(cursor, "pending certificate")
+            require_row(cursor, "pending certificate")
             if order is not None:
-                _update_order(conn, order)
+                update_order_row(conn, order)
 
         await self._write(body, audit)
 
@@ -317,7 +319,7 @@ class SqliteTenantStore:
                 (serial.lower(), CertificateStatus.PENDING),
             )
             if order is not None:
-                _update_order(conn, order)
+                update_order_row(conn, order)
 
         await self._write(body, audit)
 
@@ -343,7 +345,7 @@ class SqliteTenantStore:
                 raise NothingChanged(0)
             serials = [row["serial"] for row in pending]
             data = {"abandoned_serials": serials, "orders_made_ready": cursor.rowcount}
-            _append_audit(conn, [AuditEntry("issuance.recovered", data)])
+            append_audit(conn, [AuditEntry("issuance.recovered", data)])
             logger.info("abandoned %d interrupted issuances", len(serials))
             return len(serials)
 
@@ -356,7 +358,7 @@ class SqliteTenantStore:
 
         :raises acme_mt.errors.Conflict: the serial exists already.
         """
-        await self._write(lambda conn: _insert_pending_certificate(conn, certificate), audit)
+        await self._write(lambda conn: insert_pending_certificate(conn, certificate), audit)
 
     async def revoke_certificate(
         self, serial: str, reason: int, when: datetime, audit: Sequence[AuditEntry] = ()
@@ -391,31 +393,6 @@ class SqliteTenantStore:
         await self._db.close()
 
 
-def _require_row(cursor: sqlite3.Cursor, what: str) -> None:
-    if cursor.rowcount == 0:
-        raise StoreError(f"no such {what}")
-
-
-def _append_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
-    """Chain ``entries`` after the tenant's last record, inside the caller's transaction."""
-    if not entries:
-        return
-    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchall()
-    seq, prev_hash = (last[0]["seq"], last[0]["hash"]) if last else (0, GENESIS_HASH)
-    moment = utcnow()
-    for entry in entries:
-        seq += 1
-        # Hash exactly what a reader will get back from the JSON column.
-        data = json.loads(to_json(entry.data))
-        digest = chain_hash(prev_hash, seq, moment, entry.event, entry.actor, data)
-        conn.execute(
-            "INSERT INTO audit (seq, time, event, actor, data, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (seq, to_epoch(moment), entry.event, entry.actor, to_json(data), prev_hash, digest),
-        )
-        prev_hash = digest
-
-
 def _check_eab_unbound(conn: Conn, kid: str) -> None:
     """RFC 8555 §7.3.4: an EAB key binds one account, and a revoked key binds none."""
     rows = conn.execute("SELECT revoked, account_id FROM eab_keys WHERE kid = ?", (kid,)).fetchall()
@@ -425,32 +402,3 @@ def _check_eab_unbound(conn: Conn, kid: str) -> None:
         raise Conflict("the external account key is revoked")
     if rows[0]["account_id"] is not None:
         raise Conflict("the external account key is bound to another account")
-
-
-def _update_order(conn: Conn, order: Order) -> None:
-    cursor = conn.execute(
-        "UPDATE orders SET status = :status, expires = :expires, not_before = :not_before,"
-        " not_after = :not_after, error = :error, certificate_serial = :certificate_serial,"
-        " profile = :profile, replaces = :replaces WHERE id = :id",
-        order_to_row(order),
-    )
-    _require_row(cursor, "order")
-
-
-def _insert_authorization(conn: Conn, authorization: Authorization) -> None:
-    insert(conn, "authorizations", authorization_to_row(authorization))
-    for position, challenge in enumerate(authorization.challenges):
-        insert(conn, "challenges", challenge_to_row(challenge, position))
-
-
-def _with_challenges(conn: Conn, row: sqlite3.Row) -> Authorization:
-    challenges = conn.execute(
-        "SELECT * FROM challenges WHERE authorization_id = ? ORDER BY position", (row["id"],)
-    ).fetchall()
-    return authorization_from_rows(row, challenges)
-
-
-def _insert_pending_certificate(conn: Conn, certificate: CertificateRecord) -> None:
-    row = certificate_to_row(certificate)
-    row.update(status=CertificateStatus.PENDING, der=None, revoked_at=None, revocation_reason=None)
-    insert(conn, "certificates", row)

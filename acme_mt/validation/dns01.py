@@ -1,12 +1,12 @@
 """dns-01 validation (RFC 8555 §8.4): a TXT record at ``_acme-challenge.<name>``.
 
-The record must hold base64url(SHA-256(key authorization)). Several TXT values
-may sit at the name (one per pending authorization), and any one of them may
-match. For a wildcard the caller passes the base name (RFC 8555 §7.1.3). IP
-identifiers cannot use dns-01 (RFC 8738 §7).
+The record must hold base64url(SHA-256(key authorization)). Several TXT
+values may sit at the name (one per pending authorization), and any one of
+them may match. For a wildcard the caller passes the base name (RFC 8555
+§7.1.3). IP identifiers cannot use dns-01 (RFC 8738 §7).
 
-Outcomes: the name does not exist or the look-up fails → ``dns``; no TXT value
-at all → ``unauthorized``; only other values → ``incorrectResponse``.
+Outcomes: the name does not exist or the look-up fails → ``dns``; no TXT
+value at all → ``unauthorized``; only other values → ``incorrectResponse``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ QUOTED_VALUES = 5
 
 
 def txt_record_value(key_authorization: str) -> str:
-    """The TXT value a client publishes: base64url of SHA-256 of the key authorization."""
+    """The TXT value a client publishes: base64url(SHA-256(key authorization))."""
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     return josepy.b64.b64encode(digest).decode("ascii")
 
@@ -46,34 +46,39 @@ def check_txt_values(name: str, values: Sequence[str], key_authorization: str) -
     :raises AcmeProblem: ``unauthorized`` with no values, ``incorrectResponse``
         with only wrong ones (quoting a few of them).
     """
-    expected = txt_record_value(key_authorization)
-    if expected in values:
+    if txt_record_value(key_authorization) in values:
         return
     if not values:
         raise AcmeProblem("unauthorized", f"DNS has no TXT record at {name}")
+
     quoted = ", ".join(repr(value[:100]) for value in values[:QUOTED_VALUES])
-    more = f" and {len(values) - QUOTED_VALUES} more" if len(values) > QUOTED_VALUES else ""
-    raise AcmeProblem(
-        "incorrectResponse",
-        f"the TXT records at {name} hold {quoted}{more}, none of them the digest of the "
-        f"key authorization of this challenge",
+    if len(values) > QUOTED_VALUES:
+        quoted += f" and {len(values) - QUOTED_VALUES} more"
+    detail = (
+        f"the TXT records at {name} hold {quoted}, none of them "
+        "the digest of the key authorization of this challenge"
     )
+    raise AcmeProblem("incorrectResponse", detail)
 
 
 async def validate_dns01(
-    resolver: Resolver, identifier: Identifier, key_authorization: str, deadline: Deadline
+    resolver: Resolver,
+    identifier: Identifier,
+    key_authorization: str,
+    deadline: Deadline,
 ) -> None:
-    """Look up the challenge TXT records and check that one holds the expected digest.
+    """Look up the challenge TXT records; one must hold the expected digest.
 
-    :raises AcmeProblem: as the module docstring lists, or ``unauthorized`` for
-        an IP identifier.
+    :raises AcmeProblem: as the module docstring lists, or ``unauthorized``
+        for an IP identifier.
     """
     if identifier.type != "dns":
-        raise AcmeProblem(
-            "unauthorized",
+        detail = (
             f"dns-01 cannot validate the {identifier.type} identifier "
-            f"{identifier.value} (RFC 8738 §7)",
+            f"{identifier.value} (RFC 8738 §7)"
         )
+        raise AcmeProblem("unauthorized", detail)
+
     name = record_name(identifier)
     values = await resolver.resolve_txt(name, deadline.remaining())
     logger.debug("dns-01: %d TXT value(s) at %s", len(values), name)

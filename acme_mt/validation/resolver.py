@@ -1,4 +1,4 @@
-"""DNS look-ups for validation: A and AAAA (RFC 8555 §8.3, RFC 8737 §3), TXT (§8.4), CAA (RFC 8659).
+"""DNS look-ups for validation: addresses, TXT (RFC 8555 §8.4) and CAA (RFC 8659).
 
 Every look-up goes through one configured resolver: the ``[validation]
 dns_resolver`` address when one is set, the system's otherwise. Failures come
@@ -28,7 +28,7 @@ CaaRecord = tuple[int, str, bytes]
 
 
 class Deadline:
-    """The end of one validation, shared by its steps so that together they keep one timeout."""
+    """The end of one validation, so that all its steps share one timeout."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -40,41 +40,41 @@ class Deadline:
 
 
 class Resolver:
-    """Look-ups through the configured resolver, with every failure as a ``dns`` problem."""
+    """Look-ups through the configured resolver; failures are ``dns`` problems."""
 
     def __init__(self, address: str, timeout: float) -> None:
-        """Use ``address`` (``HOST:PORT``, an IP address) or, when empty, the system's resolver.
+        """Use ``address`` (``HOST:PORT``) or, when it is empty, the system's.
 
-        :raises ConfigError: the address is not an IP address and port, or the
-            system has no resolver configured.
+        :raises ConfigError: the host is not an IP address, or the system has
+            no resolver configured.
         """
         self._timeout = timeout
-        if address:
-            host, port = split_host_port(address, 53)
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ConfigError(
-                    f"[validation] dns_resolver must be an IP address and port, not {address!r}"
-                ) from None
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [host]
-            self._resolver.port = port
-            self._name = address
-        else:
+        if not address:
             try:
                 self._resolver = dns.asyncresolver.Resolver()
             except dns.exception.DNSException as exc:
-                raise ConfigError(
-                    f"the system has no DNS resolver ({exc}); set [validation] dns_resolver"
-                ) from None
+                hint = "set [validation] dns_resolver"
+                raise ConfigError(f"the system has no DNS resolver ({exc}); {hint}") from None
             self._name = "the system resolver"
+            return
+
+        host, port = split_host_port(address, 53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"[validation] dns_resolver must be an IP address and port, not {address!r}"
+            ) from None
+        self._resolver = dns.asyncresolver.Resolver(configure=False)
+        self._resolver.nameservers = [host]
+        self._resolver.port = port
+        self._name = address
 
     async def first_address(self, name: str, timeout: float | None = None) -> str:
-        """The address to connect to: the first A record, else the first AAAA record.
+        """The address to connect to: the first A record, else the first AAAA.
 
         :raises AcmeProblem: ``dns`` when the name does not exist, has neither
-            record, or the look-up fails.
+            record, or a look-up fails.
         """
         # Limitation: only this one address is tried, so a host whose first A
         # address is down fails even when its AAAA address would answer;
@@ -87,54 +87,62 @@ class Resolver:
         raise AcmeProblem("dns", f"DNS has no A or AAAA record for {name}")
 
     async def resolve_txt(self, name: str, timeout: float | None = None) -> list[str]:
-        """Every TXT value at ``name``, each record's strings joined (RFC 7208 §3.3 style).
+        """Every TXT value at ``name``, the strings of each record joined.
 
-        :raises AcmeProblem: ``dns`` when the name does not exist or the look-up fails.
+        :raises AcmeProblem: ``dns`` when the name does not exist or the
+            look-up fails.
         """
         records = await self._query(name, "TXT", timeout)
-        return [b"".join(record.strings).decode("utf-8", "replace") for record in records]
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
 
     async def resolve_caa(self, name: str, timeout: float | None = None) -> list[CaaRecord]:
-        """The CAA records at exactly ``name``, with no tree climbing and no policy.
+        """The CAA records at exactly ``name``: no tree climbing, no policy.
 
-        A name that does not exist has no CAA record set (RFC 8659 §3), so it
-        gives an empty list rather than a problem.
+        A name that does not exist has no CAA record set (RFC 8659 §3), so
+        it gives an empty list rather than a problem.
 
-        :raises AcmeProblem: ``dns`` when the look-up fails (RFC 8659 §3 forbids
-            issuing then).
+        :raises AcmeProblem: ``dns`` when the look-up fails, which RFC 8659
+            §3 says must stop issuance.
         """
         records = await self._query(name, "CAA", timeout, missing_ok=True)
-        return [
-            (int(record.flags), record.tag.decode("ascii", "replace"), bytes(record.value))
-            for record in records
-        ]
+        return [(int(r.flags), r.tag.decode("ascii", "replace"), bytes(r.value)) for r in records]
 
     async def _query(
-        self, name: str, rdtype: str, timeout: float | None, *, missing_ok: bool = False
+        self,
+        name: str,
+        rdtype: str,
+        timeout: float | None,
+        *,
+        missing_ok: bool = False,
     ) -> list[Any]:
-        """The records of one type at one name; an empty answer is an empty list."""
+        """The records of one type at one name; an empty answer is []."""
         lifetime = self._timeout if timeout is None else timeout
         query = f"DNS look-up of {rdtype} for {name}"
         if lifetime <= 0:
-            raise AcmeProblem("dns", f"{query} had no time left before the validation timeout")
+            detail = f"{query} had no time left before the validation timeout"
+            raise AcmeProblem("dns", detail)
 
         try:
-            qname = dns.name.from_text(name)
             answer = await self._resolver.resolve(
-                qname, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False
+                dns.name.from_text(name),
+                rdtype,
+                lifetime=lifetime,
+                raise_on_no_answer=False,
+                search=False,
             )
         except dns.resolver.NXDOMAIN:
             if missing_ok:
                 return []
-            raise AcmeProblem("dns", f"{query}: the name does not exist (NXDOMAIN)") from None
+            detail = f"{query}: the name does not exist (NXDOMAIN)"
+            raise AcmeProblem("dns", detail) from None
         except dns.exception.Timeout:
             logger.debug("%s timed out at %s", query, self._name)
-            raise AcmeProblem("dns", f"{query} timed out after {lifetime:.3g} s") from None
+            detail = f"{query} timed out after {lifetime:.3g} s"
+            raise AcmeProblem("dns", detail) from None
         except dns.resolver.NoNameservers as exc:
             logger.debug("%s failed at %s: %s", query, self._name, exc)
-            raise AcmeProblem(
-                "dns", f"{query} failed: no name server gave an answer (SERVFAIL or REFUSED)"
-            ) from None
+            reason = "no name server gave an answer (SERVFAIL or REFUSED)"
+            raise AcmeProblem("dns", f"{query} failed: {reason}") from None
         except (dns.exception.DNSException, OSError) as exc:
             logger.debug("%s failed at %s: %r", query, self._name, exc)
             raise AcmeProblem("dns", f"{query} failed: {exc}") from None

@@ -1,10 +1,10 @@
-"""The one entry point for challenge validation (RFC 8555 §7.5.1, §8; RFC 8737; RFC 8738).
+"""The entry point for challenge validation (RFC 8555 §7.5.1 and §8, RFC 8737).
 
-The registration authority calls ``Validator.validate`` when a client answers a
-challenge. It returns when the challenge is met and raises an ``AcmeProblem``
-otherwise; it never writes any store. One ``Validator`` serves every tenant:
-it shares a resolver and an HTTP client session, but no connection, cookie or
-cache between validations.
+The registration authority calls ``Validator.validate`` when a client answers
+a challenge. It returns when the challenge is met and raises an
+``AcmeProblem`` otherwise; it never writes any store. One ``Validator``
+serves every tenant: they share a resolver and an HTTP client session, but no
+connection, cookie or cache.
 """
 
 from __future__ import annotations
@@ -26,50 +26,56 @@ CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 
 
 class Validator:
-    """Checks http-01, dns-01 and tls-alpn-01 challenges for the registration authority."""
+    """Checks challenges for the registration authority, for every tenant."""
 
     def __init__(self, settings: ValidationSettings) -> None:
-        """Set up the resolver at once, so a bad resolver setting fails at start-up.
+        """Set up the resolver now, so a bad setting fails at start-up.
 
         :raises ConfigError: the resolver setting is unusable.
         """
         self._timeout = settings.timeout_seconds
-        self.resolver = Resolver(settings.dns_resolver, settings.timeout_seconds)
+        self.resolver = Resolver(settings.dns_resolver, self._timeout)
         self._http01 = Http01Validator(self.resolver, settings)
         self._tlsalpn01 = TlsAlpn01Validator(self.resolver, settings.tlsalpn01_port)
 
     async def validate(
-        self, challenge_type: str, identifier: Identifier, token: str, key_authorization: str
+        self,
+        challenge_type: str,
+        identifier: Identifier,
+        token: str,
+        key_authorization: str,
     ) -> None:
-        """Return when the challenge is met; every step together keeps one timeout.
+        """Return when the challenge is met; all steps share one timeout.
 
         :raises AcmeProblem: ``connection``, ``dns``, ``incorrectResponse``,
-            ``tls`` or ``unauthorized`` with a detail that says what was tried
-            and what was seen; ``malformed`` or ``unsupportedIdentifier`` for a
-            challenge type or identifier this validator does not know.
+            ``tls`` or ``unauthorized``, with a detail that says what was
+            tried and what was seen; ``malformed`` or
+            ``unsupportedIdentifier`` for a challenge type or identifier
+            this validator does not know.
         """
         _check_identifier(identifier)
         deadline = Deadline(self._timeout)
+        ka = key_authorization
 
-        # Limitation: validation runs from this one network vantage point and
-        # connects to any address the name resolves to, private ranges included
-        # (what a private PKI needs); corroboration from several vantage points
-        # and a per-tenant allow-list of networks would end both.
+        # Limitation: validation runs from this one network vantage point
+        # and connects to any address a name resolves to, private ranges
+        # included (as a private PKI needs); corroboration from several
+        # vantage points and a per-tenant allow-list of networks would end
+        # both.
         try:
             if challenge_type == "http-01":
-                await self._http01.validate(identifier, token, key_authorization, deadline)
+                await self._http01.validate(identifier, token, ka, deadline)
             elif challenge_type == "dns-01":
-                await validate_dns01(self.resolver, identifier, key_authorization, deadline)
+                await validate_dns01(self.resolver, identifier, ka, deadline)
             elif challenge_type == "tls-alpn-01":
-                await self._tlsalpn01.validate(identifier, key_authorization, deadline)
+                await self._tlsalpn01.validate(identifier, ka, deadline)
             else:
-                raise AcmeProblem("malformed", f"unknown challenge type {challenge_type!r}")
+                detail = f"unknown challenge type {challenge_type!r}"
+                raise AcmeProblem("malformed", detail)
         except AcmeProblem as exc:
-            logger.debug(
-                "%s for %s %s failed: %s", challenge_type, identifier.type, identifier.value, exc
-            )
+            logger.debug("%s for %s failed: %s", challenge_type, identifier.value, exc)
             raise
-        logger.debug("%s for %s %s succeeded", challenge_type, identifier.type, identifier.value)
+        logger.debug("%s for %s succeeded", challenge_type, identifier.value)
 
     async def close(self) -> None:
         """Release the HTTP client session."""
@@ -81,10 +87,10 @@ def _check_identifier(identifier: Identifier) -> None:
     if identifier.type == "dns":
         return
     if identifier.type != "ip":
-        raise AcmeProblem(
-            "unsupportedIdentifier", f"cannot validate identifiers of type {identifier.type!r}"
-        )
+        detail = f"cannot validate identifiers of type {identifier.type!r}"
+        raise AcmeProblem("unsupportedIdentifier", detail)
     try:
         ipaddress.ip_address(identifier.value)
     except ValueError:
-        raise AcmeProblem("malformed", f"{identifier.value!r} is not an IP address") from None
+        detail = f"{identifier.value!r} is not an IP address"
+        raise AcmeProblem("malformed", detail) from None

@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from acme_mt.models import (
 )
 from acme_mt.storage.base import StoreBackend, TenantRecord, TenantStore
 from acme_mt.storage.migrate import apply_sqlite_migrations, split_sqlite_statements
+from acme_mt.storage.sqlite import TENANT_FILE, SqliteBackend
 
 NOW = utcnow()
 DAY = timedelta(days=1)
@@ -587,11 +588,13 @@ async def test_complete_issuance_unrecorded_or_revoked_serial_raises(store: Tena
     assert revoked is not None and (revoked.status, revoked.der) == ("revoked", b"d")
 
 
-async def test_certificate_lookup_ignores_serial_case(store: TenantStore) -> None:
+async def test_insert_certificate_stores_lowercase_pending(store: TenantStore) -> None:
     await store.create_account(make_account())
-    await store.insert_certificate(make_certificate("00ab", None))
 
-    assert await store.get_certificate("00AB") == make_certificate("00ab", None)
+    await store.insert_certificate(replace(make_certificate("00AB", None), status="valid"))
+
+    assert await store.get_certificate("00ab") == make_certificate("00ab", None)
+    assert await store.get_certificate("00Ab") == make_certificate("00ab", None)
 
 
 async def test_list_revoked_filters_shard_and_expiry(store: TenantStore) -> None:
@@ -709,7 +712,27 @@ async def test_reads_see_rows_written_by_another_process(
     assert bound.eab_kid == "kid-cli"
 
 
-# Migrations (the SQLite runner itself).
+# The SQLite files themselves.
+
+
+async def test_sqlite_write_waits_out_another_process_lock(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    store = await backend.create_tenant_store("tenant-1", "alpha")
+    other = sqlite3.connect(tmp_path / "tenants" / "alpha" / TENANT_FILE, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO eab_keys (kid, hmac_key, created) VALUES ('cli', x'00', 0)")
+
+    write = asyncio.ensure_future(store.append_audit([entry("after.lock")]))
+    await asyncio.sleep(0.3)
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+    await write
+
+    assert await audit_events(store) == ["after.lock"]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert await store.get_eab_key("cli") == EabKey("cli", b"\x00", epoch)
+    await backend.close()
 
 
 def test_sqlite_migrations_apply_once(tmp_path: Path) -> None:

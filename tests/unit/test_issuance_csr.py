@@ -70,7 +70,7 @@ def test_check_csr_rejects_key_type_outside_policy_naming_allowed_types() -> Non
 
     assert caught.value.type == "badCSR"
     assert caught.value.detail == (
-        "key type ec-p384 is not allowed by this CA; it accepts ec-p256, rsa-2048"
+        "policy key_types allows ec-p256, rsa-2048; the CSR key is ec-p384"
     )
 
 

@@ -22,9 +22,9 @@ from acme_mt.models import Identifier
 from acme_mt.validation import Validator, txt_record_value
 from acme_mt.validation.dns01 import check_txt_values, record_name
 from acme_mt.validation.http01 import (
+    bracket_ipv6,
     challenge_url,
     check_body,
-    host_header,
     redirect_target,
 )
 from acme_mt.validation.tlsalpn01 import (
@@ -128,13 +128,13 @@ def test_check_txt_values_padded_digest_is_incorrect_response() -> None:
 def test_challenge_url_ipv6_is_bracketed() -> None:
     url = challenge_url(Identifier("ip", "2001:db8::1"), 80, "tok")
     assert str(url) == "http://[2001:db8::1]/.well-known/acme-challenge/tok"
-    assert host_header("2001:db8::1") == "[2001:db8::1]"
+    assert bracket_ipv6("2001:db8::1") == "[2001:db8::1]"
 
 
 def test_challenge_url_dns_name_on_configured_port() -> None:
     url = challenge_url(DNS_NAME, 5002, "tok")
     assert str(url) == "http://www.example.test:5002/.well-known/acme-challenge/tok"
-    assert host_header("www.example.test") == "www.example.test"
+    assert bracket_ipv6("www.example.test") == "www.example.test"
 
 
 def test_redirect_target_relative_location_keeps_host_and_port() -> None:
@@ -153,7 +153,7 @@ def test_redirect_target_https_on_443_is_followed() -> None:
     ("location", "reason"),
     [
         ("http://www.example.test:8081/a", "on port 8081; redirects may only go to ports 80"),
-        ("ftp://www.example.test/a", "which is not an http or https URL"),
+        ("ftp://www.example.test/a", "not an http or https URL"),
         ("http://www.example.test:99999/a", "an unusable Location"),
     ],
 )
