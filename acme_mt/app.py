@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from acme_mt.authority import RegistrationAuthority
 from acme_mt.backends import open_keystore, open_store_backend
 from acme_mt.config import Settings, split_host_port
+from acme_mt.events import Events
 from acme_mt.keystores.base import KeyStore
 from acme_mt.public import ROOT_CERTIFICATE_KEY, public_routes
 from acme_mt.storage.base import RegistryStore, StoreBackend
@@ -53,6 +54,7 @@ class Services:
     tenants: TenantDirectory
     validator: Validator
     authority: RegistrationAuthority
+    events: Events
 
     async def close(self) -> None:
         await self.authority.close()
@@ -75,10 +77,13 @@ async def open_services(settings: Settings, *, bootstrap: bool = True) -> Servic
         )
     tenants = TenantDirectory(settings, registry, stores, keystore, provider.root_certificate)
     validator = Validator(settings.validation)
+    events = Events()
     authority = RegistrationAuthority(
-        settings.server.https_url, validator, settings.validation.wait_seconds
+        settings.server.https_url, validator, settings.validation.wait_seconds, events
     )
-    return Services(settings, stores, registry, keystore, provider, tenants, validator, authority)
+    return Services(
+        settings, stores, registry, keystore, provider, tenants, validator, authority, events
+    )
 
 
 def _base_app(services: Services) -> web.Application:

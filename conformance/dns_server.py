@@ -136,7 +136,7 @@ class LoopbackDnsServer:
         resolver = RecordFileResolver(self.records)
         for _attempt in range(_BIND_ATTEMPTS if self.port == 0 else 1):
             udp = DNSServer(resolver, self.address, self.port, logger=_QuietLogger())
-            port = udp.server.server_address[1]
+            port = int(udp.server.server_address[1])
             try:
                 tcp = DNSServer(resolver, self.address, port, tcp=True, logger=_QuietLogger())
             except OSError:

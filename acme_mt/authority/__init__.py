@@ -11,6 +11,7 @@ from acme_mt.authority.accounts import AccountService, KeyInUse
 from acme_mt.authority.authorizations import AuthorizationService
 from acme_mt.authority.orders import OrderService
 from acme_mt.authority.revocation import RevocationService, parse_revocation
+from acme_mt.events import Events
 from acme_mt.validation import Validator
 
 __all__ = ["KeyInUse", "RegistrationAuthority", "parse_revocation"]
@@ -19,11 +20,18 @@ __all__ = ["KeyInUse", "RegistrationAuthority", "parse_revocation"]
 class RegistrationAuthority:
     """Accounts, orders, authorizations and revocations for every tenant."""
 
-    def __init__(self, https_url: str, validator: Validator, validation_wait: float) -> None:
+    def __init__(
+        self,
+        https_url: str,
+        validator: Validator,
+        validation_wait: float,
+        events: Events | None = None,
+    ) -> None:
+        self.events = events or Events()
         self.accounts = AccountService(https_url)
-        self.orders = OrderService()
+        self.orders = OrderService(self.events)
         self.authorizations = AuthorizationService(validator, validation_wait)
-        self.revocations = RevocationService()
+        self.revocations = RevocationService(self.events)
 
     async def close(self) -> None:
         await self.authorizations.close()

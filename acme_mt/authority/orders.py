@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from acme_mt.authority.authorizations import is_expired, new_authorization
 from acme_mt.authority.identifiers import base_identifier, check_identifiers
 from acme_mt.errors import AcmeProblem
+from acme_mt.events import Events
 from acme_mt.issuance import check_csr, csr_identifiers, new_serial, parse_csr, shard_for_serial
 from acme_mt.jws import thumbprint
 from acme_mt.models import (
@@ -60,6 +61,9 @@ def parse_time(raw: Any, field: str) -> datetime | None:
 
 class OrderService:
     """The only writer of orders; drives issuance through the tenant's issuer."""
+
+    def __init__(self, events: Events) -> None:
+        self._events = events
 
     async def new_order(
         self, tenant: TenantContext, account: Account, payload: dict[str, Any]
@@ -232,6 +236,7 @@ class OrderService:
         valid = replace(processing, status=OrderStatus.VALID)
         outcome = AuditEntry("certificate.issued", {"serial": serial_hex, "order": order.id})
         await tenant.store.complete_issuance(valid, issued, (outcome,))
+        self._events.issued(tenant.id, serial_hex)
         logger.info("issued serial %s for order %s", serial_hex, order.id)
         return valid
 

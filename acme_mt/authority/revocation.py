@@ -14,6 +14,7 @@ import josepy as jose
 from cryptography import x509
 
 from acme_mt.errors import AcmeProblem
+from acme_mt.events import Events
 from acme_mt.models import Account, AuditEntry, CertificateRecord, CertificateStatus, utcnow
 from acme_mt.tenancy.context import TenantContext
 
@@ -43,6 +44,9 @@ def parse_revocation(payload: dict[str, Any]) -> tuple[bytes, x509.Certificate, 
 
 class RevocationService:
     """The only writer of revocations."""
+
+    def __init__(self, events: Events) -> None:
+        self._events = events
 
     async def find(
         self, tenant: TenantContext, der: bytes, certificate: x509.Certificate
@@ -75,4 +79,5 @@ class RevocationService:
         )
         if not await tenant.store.revoke_certificate(record.serial, reason, utcnow(), (audit,)):
             raise AcmeProblem("alreadyRevoked", "The certificate is already revoked")
+        self._events.revoked(tenant.id, record.serial)
         logger.info("revoked serial %s reason %d", record.serial, reason)

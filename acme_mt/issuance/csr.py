@@ -96,9 +96,7 @@ def check_csr(csr: x509.CertificateSigningRequest, policy: TenantPolicy) -> str:
         if weakness is not None:
             raise AcmeProblem("badCSR", f"the CSR's key is weak: {weakness}")
     if key_type not in policy.key_types:
-        raise AcmeProblem(
-            "badCSR", f"policy key_types allows {allowed}; the CSR key is {key_type}"
-        )
+        raise AcmeProblem("badCSR", f"policy key_types allows {allowed}; the CSR key is {key_type}")
 
     try:
         algorithm = csr.signature_hash_algorithm

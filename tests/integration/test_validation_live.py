@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import ipaddress
 import os
 import socket
@@ -37,33 +36,14 @@ from acme_mt.errors import AcmeProblem
 from acme_mt.models import Identifier
 from acme_mt.validation import Validator, txt_record_value
 from acme_mt.validation.tlsalpn01 import ACME_IDENTIFIER_OID, ACME_TLS_1
+from conformance.dns_server import LoopbackDnsServer
+from tests.support.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTHORIZATION = TOKEN + ".9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 NAME = Identifier("dns", "www.example.test")
 CHALLENGE_PATH = f"/.well-known/acme-challenge/{TOKEN}"
-
-
-def _load_dns_server() -> Any:
-    """conformance/ holds scripts, not a package: load the server from its file."""
-    path = ROOT / "conformance" / "dns_server.py"
-    spec = importlib.util.spec_from_file_location("conformance_dns_server", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-LoopbackDnsServer = _load_dns_server().LoopbackDnsServer
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_hook(records: Path, *args: str, **env: str) -> None:
@@ -82,7 +62,8 @@ def records(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def dns_server(records: Path) -> Iterator[Any]:
+def validation_dns(records: Path) -> Iterator[LoopbackDnsServer]:
+    """A DNS server of the test's own, since tests here change its records."""
     server = LoopbackDnsServer(records)
     server.start()
     yield server
@@ -93,12 +74,14 @@ MakeValidator = Callable[..., Validator]
 
 
 @pytest.fixture
-async def make_validator(dns_server: Any) -> AsyncIterator[MakeValidator]:
+async def make_validator(
+    validation_dns: LoopbackDnsServer,
+) -> AsyncIterator[MakeValidator]:
     """Validators that use the test DNS server, closed after the test."""
     validators: list[Validator] = []
 
     def make(**settings: Any) -> Validator:
-        options = {"dns_resolver": dns_server.resolver_address, "timeout_seconds": 5.0}
+        options = {"dns_resolver": validation_dns.resolver_address, "timeout_seconds": 5.0}
         validator = Validator(ValidationSettings(**{**options, **settings}))
         validators.append(validator)
         return validator

@@ -74,7 +74,9 @@ def alpn_certificate(
 
 def acme_identifier(key_authorization: str = KEY_AUTHORIZATION) -> bytes:
     """The DER of the acmeIdentifier extension value (RFC 8737 §3)."""
-    return core.OctetString(hashlib.sha256(key_authorization.encode()).digest()).dump()
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    der: bytes = core.OctetString(digest).dump()
+    return der
 
 
 # dns-01
