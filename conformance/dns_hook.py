@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Publish and withdraw dns-01 TXT values (RFC 8555 §8.4) for the loopback test DNS server.
+"""Publish and withdraw dns-01 TXT values (RFC 8555 §8.4) for the test DNS server.
 
 The values go to the records directory named by ``ACME_MT_TEST_DNS_RECORDS``,
 one file per name (``<name>.txt``, one value per line), which
 ``conformance/dns_server.py`` reads on every query. It needs only the standard
 library, so any ``python3`` can run it.
 
-lego's ``exec`` DNS provider (``EXEC_PATH=conformance/dns_hook.py``) calls::
+lego's ``exec`` DNS provider (``EXEC_PATH=conformance/dns_hook.py``, its
+default mode, not ``EXEC_MODE=RAW``) calls, older versions adding a TTL::
 
-    dns_hook.py present|cleanup _acme-challenge.example.com. VALUE
+    dns_hook.py present|cleanup _acme-challenge.example.com. VALUE [TTL]
 
 certbot's manual hooks pass the name and value in the environment
 (``CERTBOT_DOMAIN``, ``CERTBOT_VALIDATION``), so give them only the verb::
@@ -21,19 +22,24 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 RECORDS_ENV = "ACME_MT_TEST_DNS_RECORDS"
-USAGE = "usage: dns_hook.py present|cleanup [FQDN VALUE]  (or CERTBOT_DOMAIN/CERTBOT_VALIDATION)"
+VERBS = ("present", "cleanup")
+USAGE = (
+    f"usage: {RECORDS_ENV}=DIR dns_hook.py present|cleanup [FQDN VALUE [TTL]]\n"
+    "without FQDN and VALUE, CERTBOT_DOMAIN and CERTBOT_VALIDATION are used"
+)
 
 
 def record_file(records: Path, fqdn: str) -> Path:
     """The file for a name; the same layout as ``dns_server.txt_file``."""
     name = fqdn.rstrip(".").lower()
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"unusable record name {fqdn!r}")
+    if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name):
+        raise ValueError(f"the test DNS server cannot serve {fqdn!r}")
     return records / f"{name}.txt"
 
 
@@ -43,9 +49,10 @@ def change(records: Path, fqdn: str, value: str, present: bool) -> None:
     with open(records / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            values = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            lines = path.read_text().splitlines()
         except FileNotFoundError:
-            values = []
+            lines = []
+        values = [line.strip() for line in lines if line.strip()]
         if present and value not in values:
             values.append(value)
         if not present:
@@ -63,10 +70,11 @@ def change(records: Path, fqdn: str, value: str, present: bool) -> None:
 def main(argv: list[str]) -> int:
     """Parse lego's or certbot's way of calling and apply the change."""
     records_dir = os.environ.get(RECORDS_ENV)
-    if not records_dir or len(argv) not in (1, 3) or argv[0] not in ("present", "cleanup"):
-        print(USAGE, f"with {RECORDS_ENV} set to the records directory", file=sys.stderr)
+    verb = argv[0] if argv else ""
+    if not records_dir or len(argv) not in (1, 3, 4) or verb not in VERBS:
+        print(USAGE, file=sys.stderr)
         return 2
-    if len(argv) == 3:
+    if len(argv) > 1:
         fqdn, value = argv[1], argv[2]
     else:
         domain = os.environ.get("CERTBOT_DOMAIN", "")
@@ -79,7 +87,7 @@ def main(argv: list[str]) -> int:
     records = Path(records_dir)
     records.mkdir(parents=True, exist_ok=True)
     try:
-        change(records, fqdn, value, present=argv[0] == "present")
+        change(records, fqdn, value, present=verb == "present")
     except (OSError, ValueError) as exc:
         print(f"dns_hook: {exc}", file=sys.stderr)
         return 1

@@ -1,18 +1,18 @@
-"""A loopback DNS server for validation tests: A, AAAA, TXT and CAA answers from files.
+"""A loopback DNS server for validation tests: A, AAAA, TXT and CAA from files.
 
 Every name has the A record 127.0.0.1 and no AAAA record (an empty NOERROR
 answer), so http-01 and tls-alpn-01 land on loopback. TXT records for dns-01
 (RFC 8555 §8.4) come from ``<records>/<name>.txt``, one value per line, which
-``conformance/dns_hook.py`` writes for certbot and lego. CAA records (RFC 8659)
-come from ``<records>/caa.json``, ``{"name": [[flags, "tag", "value"], ...]}``.
-Names listed one per line in ``<records>/nxdomain.txt`` answer NXDOMAIN. Names
-are matched in lower case without the trailing dot, and files are read on every
-query, so a change applies at once. The server answers over UDP and TCP on one
+``conformance/dns_hook.py`` writes for certbot and lego. CAA records (RFC
+8659) come from ``<records>/caa.json``: ``{"name": [[flags, "tag", "value"],
+...]}``. Names listed one per line in ``<records>/nxdomain.txt`` answer
+NXDOMAIN. Names match in lower case without the trailing dot, and the files
+are read on every query, so a change applies at once. UDP and TCP share one
 port.
 
-Run it as ``python conformance/dns_server.py --port P --records DIR``: it prints
-``ready`` once both sockets listen and stops on SIGINT or SIGTERM. Tests import
-``LoopbackDnsServer`` and call ``start()`` and ``stop()``.
+Run it as ``python conformance/dns_server.py --port P --records DIR``: it
+prints ``ready`` once both sockets listen and stops on SIGINT or SIGTERM.
+Tests import ``LoopbackDnsServer`` and call ``start()`` and ``stop()``.
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ ANSWER_ADDRESS = "127.0.0.1"
 CAA_FILE = "caa.json"
 NXDOMAIN_FILE = "nxdomain.txt"
 
-#: Names that may become file names; anything else simply has no TXT record.
+#: Names that may become file names; any other name has no TXT record.
 _FILE_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
-#: How many times to look for a port that is free for both UDP and TCP.
+#: How many times to look for a port free for both UDP and TCP.
 _BIND_ATTEMPTS = 20
 
 
 def txt_file(records: Path, name: str) -> Path | None:
-    """The file that holds the TXT values of ``name``, or None for a name unfit as a file name."""
+    """The file of ``name``'s TXT values; None for a name unfit as a file name."""
     key = name.rstrip(".").lower()
     if not _FILE_NAME.fullmatch(key):
         return None
@@ -62,7 +62,7 @@ def _lines(path: Path) -> list[str]:
 
 
 class RecordFileResolver(BaseResolver):  # type: ignore[misc]
-    """Answers queries from the records directory, read afresh for each query."""
+    """Answers from the records directory, read afresh for each query."""
 
     def __init__(self, records: Path) -> None:
         self.records = records
@@ -70,12 +70,11 @@ class RecordFileResolver(BaseResolver):  # type: ignore[misc]
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         """Build the answer to one query."""
         reply = request.reply()
-        qname = request.q.qname
-        qtype = request.q.qtype
+        qname, qtype = request.q.qname, request.q.qtype
         name = str(qname).rstrip(".").lower()
 
-        nxdomain = {line.rstrip(".").lower() for line in _lines(self.records / NXDOMAIN_FILE)}
-        if name in nxdomain:
+        missing = _lines(self.records / NXDOMAIN_FILE)
+        if name in {line.rstrip(".").lower() for line in missing}:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
 
@@ -84,7 +83,7 @@ class RecordFileResolver(BaseResolver):  # type: ignore[misc]
         elif qtype == QTYPE.TXT:
             path = txt_file(self.records, name)
             for value in _lines(path) if path else []:
-                # One string may hold 255 bytes (RFC 1035 §3.3.14); longer values are split.
+                # A string holds up to 255 bytes (RFC 1035 §3.3.14).
                 parts = [value[i : i + 255] for i in range(0, len(value), 255)]
                 reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(parts), ttl=0))
         elif qtype == QTYPE.CAA:
@@ -95,30 +94,32 @@ class RecordFileResolver(BaseResolver):  # type: ignore[misc]
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply
             for flags, tag, value in records:
-                reply.add_answer(RR(qname, QTYPE.CAA, rdata=CAA(flags, tag, value), ttl=0))
+                rdata = CAA(flags, tag, value)
+                reply.add_answer(RR(qname, QTYPE.CAA, rdata=rdata, ttl=0))
         return reply
 
     def _caa(self, name: str) -> list[tuple[int, str, str]]:
         """The CAA records ``caa.json`` lists for ``name``."""
         try:
-            table: dict[str, Any] = json.loads((self.records / CAA_FILE).read_text())
+            text = (self.records / CAA_FILE).read_text()
         except FileNotFoundError:
             return []
+        table: dict[str, Any] = json.loads(text)
         for key, entries in table.items():
             if key.rstrip(".").lower() == name:
-                return [(int(flags), str(tag), str(value)) for flags, tag, value in entries]
+                return [(int(f), str(tag), str(value)) for f, tag, value in entries]
         return []
 
 
 class _QuietLogger(DNSLogger):  # type: ignore[misc]
-    """dnslib's per-packet lines go to this module's debug log instead of stdout."""
+    """dnslib's per-packet lines go to this module's debug log, not stdout."""
 
     def __init__(self) -> None:
         super().__init__(prefix=False, logf=lambda line: logger.debug("%s", line))
 
 
 class LoopbackDnsServer:
-    """A UDP and TCP DNS server on one loopback port, for pytest fixtures and scripts."""
+    """A UDP and TCP DNS server on one loopback port, for fixtures and scripts."""
 
     def __init__(self, records: Path | str, port: int = 0, address: str = "127.0.0.1") -> None:
         self.records = Path(records)
@@ -132,9 +133,10 @@ class LoopbackDnsServer:
         return f"{self.address}:{self.port}"
 
     def start(self) -> int:
-        """Listen on UDP and TCP and answer in background threads; return the port."""
+        """Listen on UDP and TCP, answer in background threads; return the port."""
         resolver = RecordFileResolver(self.records)
-        for _attempt in range(_BIND_ATTEMPTS if self.port == 0 else 1):
+        attempts = _BIND_ATTEMPTS if self.port == 0 else 1
+        for _attempt in range(attempts):
             udp = DNSServer(resolver, self.address, self.port, logger=_QuietLogger())
             port = int(udp.server.server_address[1])
             try:
@@ -149,11 +151,13 @@ class LoopbackDnsServer:
             for server in self._servers:
                 # A short poll interval lets stop() return quickly.
                 server.thread = threading.Thread(
-                    target=server.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+                    target=server.server.serve_forever,
+                    kwargs={"poll_interval": 0.05},
+                    daemon=True,
                 )
                 server.thread.start()
             return port
-        raise OSError(f"found no port free for both UDP and TCP on {self.address}")
+        raise OSError(f"no port on {self.address} is free for both UDP and TCP")
 
     def stop(self) -> None:
         """Stop answering and close both sockets."""
@@ -179,12 +183,14 @@ class LoopbackDnsServer:
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True, help="UDP and TCP port (0: any)")
-    parser.add_argument("--records", required=True, help="directory of TXT, CAA, NXDOMAIN files")
-    parser.add_argument("--address", default="127.0.0.1", help="loopback address to listen on")
-    parser.add_argument("--verbose", action="store_true", help="log every query on stderr")
+    add = parser.add_argument
+    add("--port", type=int, required=True, help="UDP and TCP port (0: any)")
+    add("--records", required=True, help="directory of the record files")
+    add("--address", default="127.0.0.1", help="loopback address to use")
+    add("--verbose", action="store_true", help="log every query on stderr")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level)
 
     records = Path(args.records)
     records.mkdir(parents=True, exist_ok=True)
