@@ -15,6 +15,8 @@ import secrets
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from acme_mt.backends import open_keystore, open_store_backend
 from acme_mt.config import Settings, load_settings
 from acme_mt.errors import AcmeMtError
 from acme_mt.log import setup_logging
-from acme_mt.models import AuditEntry, EabKey, new_id, utcnow
+from acme_mt.models import AuditEntry, EabKey, new_id, rfc3339, utcnow
 from acme_mt.storage.base import TenantRecord
 from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
+from acme_mt.tenancy.policy import TenantPolicy
 from acme_mt.urls import AcmeUrls
 
 
@@ -162,6 +165,19 @@ async def _audit_verify(settings, stores, registry, keystore, args) -> int:  # t
     return 0 if broken is None else 1
 
 
+async def _ari_advance(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    record = await registry.get_tenant(args.slug)
+    if record is None:
+        raise AcmeMtError(f"no tenant {args.slug!r}")
+    cutoff = args.issued_before or rfc3339(utcnow() + timedelta(seconds=1))
+    policy = {**record.policy, "renew_issued_before": cutoff}
+    TenantPolicy.from_dict(policy, default_require_eab=record.slug != "default")
+    await registry.update_tenant(replace(record, policy=policy))
+    body = {"slug": record.slug, "renew_issued_before": cutoff}
+    _emit(args, body, f"certificates of {record.slug} issued before {cutoff} should renew now")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML settings file")
@@ -194,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     eab_create = eab.add_parser("create", parents=[common], help="make an EAB key")
     eab_create.add_argument("slug")
     eab_create.set_defaults(run=_eab_create)
+
+    ari = commands.add_parser("ari", help="ACME renewal information").add_subparsers(
+        dest="action", required=True
+    )
+    advance = ari.add_parser(
+        "advance", parents=[common], help="ask clients to renew a tenant's certificates now"
+    )
+    advance.add_argument("slug")
+    advance.add_argument("--issued-before", help="RFC 3339 time; default now")
+    advance.set_defaults(run=_ari_advance)
 
     audit = commands.add_parser("audit", help="audit chain").add_subparsers(
         dest="action", required=True

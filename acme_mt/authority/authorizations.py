@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 #: RFC 8555 §8.3, §8.4, RFC 8737: which challenges an identifier gets.
 CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 WILDCARD_CHALLENGE_TYPES = ("dns-01",)
+#: RFC 8738 §7: no dns-01 for IP addresses.
+IP_CHALLENGE_TYPES = ("http-01", "tls-alpn-01")
 
 
 def new_authorization(
@@ -40,7 +42,10 @@ def new_authorization(
 ) -> Authorization:
     """A pending authorization with a fresh token per challenge (RFC 8555 §8.1)."""
     authorization_id = new_id()
-    types = WILDCARD_CHALLENGE_TYPES if wildcard else CHALLENGE_TYPES
+    if identifier.type == "ip":
+        types = IP_CHALLENGE_TYPES
+    else:
+        types = WILDCARD_CHALLENGE_TYPES if wildcard else CHALLENGE_TYPES
     challenges = tuple(
         Challenge(
             id=new_id(),

@@ -13,6 +13,7 @@ from typing import Any
 from acme_mt.errors import AcmeProblem, Subproblem
 from acme_mt.models import Identifier
 from acme_mt.tenancy.policy import TenantPolicy
+from acme_mt.tenancy.profiles import Profile
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 MAX_NAME_LENGTH = 253
@@ -55,7 +56,11 @@ def dns_name_problem(value: str) -> str | None:
 
 
 def check_identifiers(
-    raw_identifiers: Any, policy: TenantPolicy, *, allow_wildcard: bool = True
+    raw_identifiers: Any,
+    policy: TenantPolicy,
+    profile: Profile,
+    *,
+    allow_wildcard: bool = True,
 ) -> tuple[Identifier, ...]:
     """Validate a newOrder identifier list against syntax and the tenant's policy.
 
@@ -66,22 +71,23 @@ def check_identifiers(
     """
     if not isinstance(raw_identifiers, list) or not raw_identifiers:
         raise AcmeProblem("malformed", "identifiers must be a non-empty list")
-    if len(raw_identifiers) > policy.max_identifiers:
+    if len(raw_identifiers) > profile.max_identifiers:
         raise AcmeProblem(
             "rejectedIdentifier",
-            f"An order may name at most {policy.max_identifiers} identifiers",
+            f"profile {profile.name} max_identifiers allows at most "
+            f"{profile.max_identifiers} identifiers",
         )
     identifiers: list[Identifier] = []
     seen: set[tuple[str, str]] = set()
     subproblems: list[Subproblem] = []
     for raw in raw_identifiers:
         identifier = parse_identifier(raw)
-        key = (identifier.type, identifier.value.lower())
+        key = comparable(identifier)
         if key in seen:
             continue
         seen.add(key)
         identifiers.append(identifier)
-        reason = identifier_problem(identifier, policy, allow_wildcard=allow_wildcard)
+        reason = identifier_problem(identifier, policy, profile, allow_wildcard=allow_wildcard)
         if reason is not None:
             kind, detail = reason
             subproblems.append(Subproblem(kind, detail, identifier.to_json()))
@@ -98,9 +104,11 @@ def check_identifiers(
 
 
 def identifier_problem(
-    identifier: Identifier, policy: TenantPolicy, *, allow_wildcard: bool = True
+    identifier: Identifier, policy: TenantPolicy, profile: Profile, *, allow_wildcard: bool = True
 ) -> tuple[str, str] | None:
     """The (problem type, detail) that rejects one identifier, or None."""
+    if identifier.type == "ip":
+        return ip_problem(identifier.value, profile)
     if identifier.type != "dns":
         return "unsupportedIdentifier", f"identifier type {identifier.type!r} is not supported"
     reason = dns_name_problem(identifier.value)
@@ -112,6 +120,29 @@ def identifier_problem(
         allowed = ", ".join(policy.allowed_suffixes)
         return "rejectedIdentifier", f"policy allowed_suffixes permits only names under {allowed}"
     return None
+
+
+def ip_problem(value: str, profile: Profile) -> tuple[str, str] | None:
+    """RFC 8738 §3: an ip identifier is a textual address, allowed only by some profiles."""
+    if not profile.allow_ip:
+        return "rejectedIdentifier", f"profile {profile.name} does not allow ip identifiers"
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return "malformed", "the value is not an IP address"
+    if not address.is_global and not (address.is_loopback or address.is_private):
+        return "rejectedIdentifier", "the address is not usable for a certificate"
+    return None
+
+
+def comparable(identifier: Identifier) -> tuple[str, str]:
+    """The form identifiers are compared in: lower-cased names, canonical addresses."""
+    if identifier.type == "ip":
+        try:
+            return "ip", str(ipaddress.ip_address(identifier.value))
+        except ValueError:
+            return "ip", identifier.value
+    return identifier.type, identifier.value.lower()
 
 
 def identifiers_text(subproblems: list[Subproblem]) -> str:

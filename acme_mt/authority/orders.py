@@ -19,7 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from acme_mt.authority.authorizations import is_expired, new_authorization
-from acme_mt.authority.identifiers import base_identifier, check_identifiers
+from acme_mt.authority.identifiers import base_identifier, check_identifiers, comparable
+from acme_mt.authority.renewal import check_replaces
 from acme_mt.errors import AcmeProblem
 from acme_mt.events import Events
 from acme_mt.issuance import check_csr, csr_identifiers, new_serial, parse_csr, shard_for_serial
@@ -37,6 +38,7 @@ from acme_mt.models import (
     utcnow,
 )
 from acme_mt.tenancy.context import TenantContext
+from acme_mt.tenancy.profiles import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +72,17 @@ class OrderService:
     ) -> Order:
         """RFC 8555 §7.4: validate identifiers and make or reuse authorizations."""
         policy = tenant.policy
-        identifiers = check_identifiers(payload.get("identifiers"), policy)
+        profile = self._profile(tenant, payload.get("profile"))
+        identifiers = check_identifiers(payload.get("identifiers"), policy, profile)
+        replaces = None
+        if "replaces" in payload:
+            replaces = await check_replaces(tenant, account, payload["replaces"])
         now = utcnow()
         not_before = parse_time(payload.get("notBefore"), "notBefore")
         not_after = parse_time(payload.get("notAfter"), "notAfter")
-        self._check_validity(tenant, now, not_before, not_after)
-        authz_expires = now + timedelta(hours=policy.authorization_lifetime_hours)
-        order_expires = now + timedelta(hours=policy.order_lifetime_hours)
+        self._check_validity(profile, now, not_before, not_after)
+        authz_expires = now + timedelta(hours=profile.authorization_lifetime_hours)
+        order_expires = now + timedelta(hours=profile.order_lifetime_hours)
         authorization_ids: list[str] = []
         created: list[Authorization] = []
         all_valid = True
@@ -103,6 +109,8 @@ class OrderService:
             created=now,
             not_before=not_before,
             not_after=not_after,
+            profile=profile.name,
+            replaces=replaces,
         )
         audit = AuditEntry(
             "order.created",
@@ -115,14 +123,25 @@ class OrderService:
         await tenant.store.create_order(order, created, (audit,))
         return order
 
+    @staticmethod
+    def _profile(tenant: TenantContext, requested: Any) -> Profile:
+        """The profile an order asks for (draft-ietf-acme-profiles §4), or the default."""
+        if requested is not None and not isinstance(requested, str):
+            raise AcmeProblem("malformed", "profile must be a string")
+        profile = tenant.policy.profile(requested)
+        if profile is None:
+            names = ", ".join(p.name for p in tenant.policy.all_profiles())
+            raise AcmeProblem("invalidProfile", f"Unknown profile {requested!r}; offered: {names}")
+        return profile
+
     def _check_validity(
         self,
-        tenant: TenantContext,
+        profile: Profile,
         now: datetime,
         not_before: datetime | None,
         not_after: datetime | None,
     ) -> None:
-        max_days = tenant.policy.max_validity_days
+        max_days = profile.validity_days
         start = not_before or now
         if not_after is not None and not_after <= start:
             raise AcmeProblem("malformed", "notAfter must be later than notBefore")
@@ -130,7 +149,8 @@ class OrderService:
             raise AcmeProblem("malformed", "notBefore is too far in the future")
         if not_after is not None and not_after - start > timedelta(days=max_days):
             raise AcmeProblem(
-                "malformed", f"policy max_validity_days allows at most {max_days} days"
+                "malformed",
+                f"profile {profile.name} (policy max_validity_days) allows at most {max_days} days",
             )
 
     async def refresh(self, tenant: TenantContext, order: Order) -> Order:
@@ -177,11 +197,13 @@ class OrderService:
             raise AcmeProblem("malformed", "finalize needs a csr")
         csr = _decode_csr(csr_b64)
         self._check_csr_against_order(csr, order, account)
-        check_csr(csr, tenant.policy)
+        profile = tenant.policy.profile(order.profile) or tenant.policy.all_profiles()[0]
+        check_csr(csr, replace(tenant.policy, key_types=profile.key_types))
         now = utcnow()
         not_before = order.not_before or (now - BACKDATE)
-        longest = not_before + timedelta(days=tenant.policy.max_validity_days)
-        not_after = min(order.not_after or longest, longest)
+        longest = not_before + timedelta(days=profile.validity_days)
+        ca_end = tenant.issuer.certificate.not_valid_after_utc
+        not_after = min(order.not_after or longest, longest, ca_end)
         serial = new_serial()
         serial_hex = format(serial, "x")
         record = CertificateRecord(
@@ -215,6 +237,7 @@ class OrderService:
                 serial=serial,
                 shard=record.shard,
                 ocsp=tenant.policy.ocsp,
+                extended_key_usages=profile.eku_oids,
             )
         except Exception:
             logger.exception("signing serial %s failed", serial_hex)
@@ -243,7 +266,7 @@ class OrderService:
     def _check_csr_against_order(
         self, csr: x509.CertificateSigningRequest, order: Order, account: Account
     ) -> None:
-        wanted = {(i.type, i.value.lower()) for i in order.identifiers}
+        wanted = {comparable(i) for i in order.identifiers}
         asked = csr_identifiers(csr)
         if asked != wanted:
             missing = sorted(v for _, v in wanted - asked)

@@ -30,6 +30,17 @@ from acme_mt.models import (
 
 
 @dataclass(frozen=True)
+class EstCredential:
+    """An EST enrollment credential (RFC 7030 §3.2.3); only a salted hash of its password."""
+
+    id: str
+    username: str
+    password_hash: str
+    created: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """An audit entry as chained by the store."""
 
@@ -53,6 +64,10 @@ class StoreReader(Protocol):
 
     async def list_order_ids(self, account_id: str, limit: int, offset: int) -> list[str]: ...
 
+    async def find_order_replacing(self, cert_id: str) -> Order | None:
+        """An order that is not invalid whose ``replaces`` is ``cert_id`` (RFC 9773 §5)."""
+        ...
+
     async def get_authorization(self, authorization_id: str) -> Authorization | None: ...
 
     async def get_challenge(self, challenge_id: str) -> Challenge | None: ...
@@ -70,6 +85,10 @@ class StoreReader(Protocol):
         ...
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
+
+    async def get_est_credential(self, username: str) -> EstCredential | None:
+        """The EST credential with this username, revoked or not."""
+        ...
 
     async def list_audit(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
 
@@ -154,6 +173,18 @@ class TenantStore(StoreReader, Protocol):
         ...
 
     async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None: ...
+
+    async def create_est_credential(
+        self, credential: EstCredential, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """:raises acme_mt.errors.Conflict: the id or username is taken."""
+        ...
+
+    async def revoke_est_credential(
+        self, credential_id: str, when: datetime, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """Revoke an EST credential; False, changing nothing, when unknown or revoked already."""
+        ...
 
     async def append_audit(self, audit: Sequence[AuditEntry]) -> None: ...
 

@@ -27,7 +27,7 @@ from acme_mt.models import (
     Order,
     utcnow,
 )
-from acme_mt.storage.base import AuditRecord
+from acme_mt.storage.base import AuditRecord, EstCredential
 from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
 from acme_mt.storage.sqlite_rows import (
     account_from_row,
@@ -42,6 +42,8 @@ from acme_mt.storage.sqlite_rows import (
     challenge_to_row,
     eab_key_from_row,
     eab_key_to_row,
+    from_epoch,
+    from_epoch_or_none,
     insert,
     insert_authorization,
     insert_pending_certificate,
@@ -131,6 +133,40 @@ class SqliteTenantStore:
     async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None:
         await self._write(lambda conn: insert(conn, "eab_keys", eab_key_to_row(key)), audit)
 
+    # EST enrollment credentials (RFC 7030 §3.2.3).
+
+    async def get_est_credential(self, username: str) -> EstCredential | None:
+        row = await self._read_one("SELECT * FROM est_credentials WHERE username = ?", username)
+        return None if row is None else _est_credential_from_row(row)
+
+    async def create_est_credential(
+        self, credential: EstCredential, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        row = {
+            "id": credential.id,
+            "username": credential.username,
+            "password_hash": credential.password_hash,
+            "created": to_epoch(credential.created),
+            "revoked_at": None
+            if credential.revoked_at is None
+            else to_epoch(credential.revoked_at),
+        }
+        await self._write(lambda conn: insert(conn, "est_credentials", row), audit)
+
+    async def revoke_est_credential(
+        self, credential_id: str, when: datetime, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        def body(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE est_credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (to_epoch(when), credential_id),
+            )
+            if cursor.rowcount == 0:
+                raise NothingChanged(False)
+            return True
+
+        return await self._write(body, audit)
+
     # Orders, authorizations and challenges (RFC 8555 §7.1.3 to §7.1.6).
 
     async def get_order(self, order_id: str) -> Order | None:
@@ -146,6 +182,15 @@ class SqliteTenantStore:
             return order_from_rows(rows[0], links)
 
         return await self._db.read(body)
+
+    async def find_order_replacing(self, cert_id: str) -> Order | None:
+        """The newest order that is not invalid and names ``cert_id`` in ``replaces``."""
+        row = await self._read_one(
+            "SELECT id FROM orders WHERE replaces = ? AND status != 'invalid'"
+            " ORDER BY created DESC LIMIT 1",
+            cert_id,
+        )
+        return None if row is None else await self.get_order(row["id"])
 
     async def list_order_ids(self, account_id: str, limit: int, offset: int) -> list[str]:
         """The account's order ids, newest first (RFC 8555 §7.1.2.1)."""
@@ -402,3 +447,13 @@ def _check_eab_unbound(conn: Conn, kid: str) -> None:
         raise Conflict("the external account key is revoked")
     if rows[0]["account_id"] is not None:
         raise Conflict("the external account key is bound to another account")
+
+
+def _est_credential_from_row(row: sqlite3.Row) -> EstCredential:
+    return EstCredential(
+        id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        created=from_epoch(row["created"]),
+        revoked_at=from_epoch_or_none(row["revoked_at"]),
+    )

@@ -9,9 +9,11 @@ and test both the accepted and the rejected case.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from acme_mt.errors import ConfigError
+from acme_mt.tenancy.profiles import Profile
 
 #: Key types a CSR (or a CA) may use, by the names policies and key stores share.
 KNOWN_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -36,6 +38,16 @@ class TenantPolicy:
     crl_lifetime_hours: int = 24
     ca_key_type: str = "ec-p256"
     caa_identities: tuple[str, ...] = field(default=())
+    allow_ip: bool = False
+    extended_key_usages: tuple[str, ...] = ("serverAuth", "clientAuth")
+    default_profile: str = "default"
+    profiles: tuple[Profile, ...] = ()
+    #: ARI (RFC 9773): certificates issued before this RFC 3339 time should renew now.
+    renew_issued_before: str = ""
+    #: ARI: the suggested window starts at this fraction of a certificate's lifetime.
+    renewal_window_start: float = 0.66
+    #: CAA (RFC 8659): how old a CAA check may be at issuance before it is redone.
+    caa_recheck_hours: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_validity_days <= MAX_CA_VALIDITY_DAYS:
@@ -58,6 +70,22 @@ class TenantPolicy:
             raise ConfigError("crl_shards must be 1 to 1024")
         if not 1 <= self.crl_lifetime_hours <= 24 * 7:
             raise ConfigError("crl_lifetime_hours must be 1 to 168")
+        if not 0.0 < self.renewal_window_start < 1.0:
+            raise ConfigError("renewal_window_start must be between 0 and 1")
+        if self.renew_issued_before:
+            try:
+                datetime.fromisoformat(self.renew_issued_before.replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigError("renew_issued_before must be an RFC 3339 time") from None
+        for profile in self.profiles:
+            bad = [k for k in profile.key_types if k not in KNOWN_KEY_TYPES]
+            if bad:
+                raise ConfigError(f"profiles.{profile.name}.key_types: unknown {', '.join(bad)}")
+        names = [p.name for p in self.profiles]
+        if len(set(names)) != len(names):
+            raise ConfigError("profiles: a profile name is used twice")
+        if self.profiles and self.default_profile not in names:
+            raise ConfigError(f"default_profile {self.default_profile!r} is not among profiles")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, default_require_eab: bool = True) -> TenantPolicy:
@@ -67,6 +95,8 @@ class TenantPolicy:
         if unknown:
             raise ConfigError(f"unknown policy field(s): {', '.join(unknown)}")
         values: dict[str, Any] = {"require_eab": default_require_eab}
+        raw = dict(raw)
+        raw_profiles = raw.pop("profiles", {})
         for name, value in raw.items():
             expected = cls.__dataclass_fields__[name].type
             if "tuple" in str(expected):
@@ -83,11 +113,55 @@ class TenantPolicy:
                 raise ConfigError(f"{name} must be an integer")
             elif expected in ("str", str) and not isinstance(value, str):
                 raise ConfigError(f"{name} must be a string")
+            elif expected in ("float", float):
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ConfigError(f"{name} must be a number")
+                value = float(value)
             values[name] = value
+        base = cls(**values)
+        if not isinstance(raw_profiles, dict):
+            raise ConfigError("profiles must be a table of named profiles")
+        defaults = base.profile_defaults()
+        profiles = tuple(
+            Profile.from_dict(str(name), body, defaults) for name, body in raw_profiles.items()
+        )
+        if not profiles:
+            return base
+        values["profiles"] = profiles
         return cls(**values)
+
+    def profile_defaults(self) -> dict[str, Any]:
+        """What a profile inherits from the top-level policy."""
+        return {
+            "description": "",
+            "validity_days": self.max_validity_days,
+            "key_types": list(self.key_types),
+            "extended_key_usages": list(self.extended_key_usages),
+            "authorization_lifetime_hours": self.authorization_lifetime_hours,
+            "order_lifetime_hours": self.order_lifetime_hours,
+            "max_identifiers": self.max_identifiers,
+            "allow_ip": self.allow_ip,
+        }
+
+    def profile(self, name: str | None) -> Profile | None:
+        """The named profile, the default one for None, or None when the name is unknown."""
+        wanted = name or self.default_profile
+        for profile in self.all_profiles():
+            if profile.name == wanted:
+                return profile
+        return None
+
+    def all_profiles(self) -> tuple[Profile, ...]:
+        """The tenant's profiles; a policy without any has one, ``default``, from its fields."""
+        if self.profiles:
+            return self.profiles
+        return (Profile.from_dict(self.default_profile, {}, self.profile_defaults()),)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
+        raw["profiles"] = {
+            p.name: {k: v for k, v in asdict(p).items() if k != "name"} for p in self.profiles
+        }
         return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
 
     def allows_name(self, name: str) -> bool:

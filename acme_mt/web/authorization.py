@@ -51,8 +51,9 @@ async def new_authz(request: web.Request) -> web.Response:
     account = signed.require_account()
     tenant = tenant_of(request)
     payload = signed.payload()
+    profile = tenant.policy.profile(None) or tenant.policy.all_profiles()[0]
     (identifier,) = check_identifiers(
-        [payload.get("identifier")], tenant.policy, allow_wildcard=False
+        [payload.get("identifier")], tenant.policy, profile, allow_wildcard=False
     )
     authorization = await request.app[AUTHORITY].authorizations.new_preauthorization(
         tenant, account, identifier

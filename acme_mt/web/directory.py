@@ -18,6 +18,10 @@ async def directory(request: web.Request) -> web.Response:
         "externalAccountRequired": tenant.policy.require_eab,
         "caaIdentities": list(tenant.policy.caa_identities) or [_host(settings.server.https_url)],
     }
+    meta["profiles"] = {
+        p.name: p.description or f"{p.validity_days}-day certificates"
+        for p in tenant.policy.all_profiles()
+    }
     if settings.provider.website:
         meta["website"] = settings.provider.website
     body = {
@@ -27,6 +31,7 @@ async def directory(request: web.Request) -> web.Response:
         "newAuthz": urls.new_authz(),
         "revokeCert": urls.revoke_cert(),
         "keyChange": urls.key_change(),
+        "renewalInfo": urls.renewal_info(),
         "meta": meta,
     }
     response = json_response(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from acme_mt.tenancy.context import SLUG_PATTERN
-from acme_mt.web import account, authorization, certificate, directory, order
+from acme_mt.web import account, authorization, certificate, directory, order, renewal
 
 PREFIX = "/{tenant:" + SLUG_PATTERN + "}/acme"
 
@@ -27,4 +27,5 @@ def acme_routes() -> list[web.RouteDef]:
         web.post(f"{PREFIX}/authz/{{authz_id}}", authorization.authorization),
         web.post(f"{PREFIX}/chall/{{authz_id}}/{{challenge_id}}", authorization.challenge),
         web.post(f"{PREFIX}/cert/{{serial}}", certificate.certificate),
+        web.get(f"{PREFIX}/renewal-info/{{cert_id}}", renewal.renewal_info),
     ]
