@@ -29,8 +29,8 @@ class RegistrationAuthority:
     ) -> None:
         self.events = events or Events()
         self.accounts = AccountService(https_url)
-        self.orders = OrderService(self.events)
-        self.authorizations = AuthorizationService(validator, validation_wait)
+        self.orders = OrderService(self.events, validator, https_url)
+        self.authorizations = AuthorizationService(validator, validation_wait, https_url)
         self.revocations = RevocationService(self.events)
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from acme_mt.authority.caa import check_authorization_caa
 from acme_mt.errors import AcmeProblem
 from acme_mt.models import (
     Account,
@@ -75,8 +76,9 @@ def is_expired(authorization: Authorization, now: datetime) -> bool:
 class AuthorizationService:
     """The only writer of authorizations and challenges."""
 
-    def __init__(self, validator: Validator, wait_seconds: float) -> None:
+    def __init__(self, validator: Validator, wait_seconds: float, https_url: str) -> None:
         self._validator = validator
+        self._https_url = https_url
         self._wait_seconds = wait_seconds
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -149,6 +151,9 @@ class AuthorizationService:
             try:
                 await self._validator.validate(
                     challenge.type, authorization.identifier, challenge.token, key_authorization
+                )
+                await check_authorization_caa(
+                    self._validator, tenant, self._https_url, account, authorization, challenge.type
                 )
             except AcmeProblem as exc:
                 error = exc

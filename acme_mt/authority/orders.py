@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from acme_mt.authority.authorizations import is_expired, new_authorization
+from acme_mt.authority.caa import check_authorization_caa, needs_recheck
 from acme_mt.authority.identifiers import base_identifier, check_identifiers, comparable
 from acme_mt.authority.renewal import check_replaces
 from acme_mt.errors import AcmeProblem
@@ -39,6 +40,7 @@ from acme_mt.models import (
 )
 from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.profiles import Profile
+from acme_mt.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,10 @@ def parse_time(raw: Any, field: str) -> datetime | None:
 class OrderService:
     """The only writer of orders; drives issuance through the tenant's issuer."""
 
-    def __init__(self, events: Events) -> None:
+    def __init__(self, events: Events, validator: Validator, https_url: str) -> None:
         self._events = events
+        self._validator = validator
+        self._https_url = https_url
 
     async def new_order(
         self, tenant: TenantContext, account: Account, payload: dict[str, Any]
@@ -197,6 +201,7 @@ class OrderService:
             raise AcmeProblem("malformed", "finalize needs a csr")
         csr = _decode_csr(csr_b64)
         self._check_csr_against_order(csr, order, account)
+        await self._recheck_caa(tenant, account, order)
         profile = tenant.policy.profile(order.profile) or tenant.policy.all_profiles()[0]
         check_csr(csr, replace(tenant.policy, key_types=profile.key_types))
         now = utcnow()
@@ -262,6 +267,18 @@ class OrderService:
         self._events.issued(tenant.id, serial_hex)
         logger.info("issued serial %s for order %s", serial_hex, order.id)
         return valid
+
+    async def _recheck_caa(self, tenant: TenantContext, account: Account, order: Order) -> None:
+        """RFC 8659 §3: a CAA check older than the policy allows is made again at issuance."""
+        for authorization_id in order.authorization_ids:
+            authorization = await tenant.store.get_authorization(authorization_id)
+            if authorization is None:
+                continue
+            method = needs_recheck(tenant, authorization)
+            if method is not None:
+                await check_authorization_caa(
+                    self._validator, tenant, self._https_url, account, authorization, method
+                )
 
     def _check_csr_against_order(
         self, csr: x509.CertificateSigningRequest, order: Order, account: Account
