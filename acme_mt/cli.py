@@ -22,11 +22,12 @@ from typing import Any
 
 from acme_mt.app import run_server
 from acme_mt.audit import verify_chain
+from acme_mt.authority.enrollment import create_credential, revoke_credential
 from acme_mt.backends import open_keystore, open_store_backend
 from acme_mt.config import Settings, load_settings
 from acme_mt.errors import AcmeMtError
 from acme_mt.log import setup_logging
-from acme_mt.models import AuditEntry, EabKey, new_id, rfc3339, utcnow
+from acme_mt.models import AuditEntry, EabKey, EabPolicy, new_id, rfc3339, utcnow
 from acme_mt.storage.base import TenantRecord
 from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
 from acme_mt.tenancy.policy import TenantPolicy
@@ -130,14 +131,87 @@ async def _open_tenant_store(stores, registry, slug):  # type: ignore[no-untyped
 
 
 async def _eab_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
-    store = await _open_tenant_store(stores, registry, args.slug)
+    record = await registry.get_tenant(args.slug)
+    if record is None:
+        raise AcmeMtError(f"no tenant {args.slug!r}")
+    profiles = TenantPolicy.from_dict(record.policy).all_profiles()
+    unknown = [p for p in args.profile if p not in {q.name for q in profiles}]
+    if unknown:
+        raise AcmeMtError(f"tenant {args.slug} has no profile {', '.join(unknown)}")
+    if args.max_accounts < 1:
+        raise AcmeMtError("--max-accounts must be at least 1")
+    expires = None
+    if args.expires_in_days is not None:
+        expires = utcnow() + timedelta(days=args.expires_in_days)
+    policy = EabPolicy(
+        allowed_suffixes=tuple(s.lower().strip(".") for s in args.suffix),
+        allowed_profiles=tuple(args.profile),
+        expires=expires,
+        max_accounts=args.max_accounts,
+    )
+    store = await stores.open_tenant_store(record.id, record.slug)
     try:
-        key = EabKey(kid=new_id(), hmac_key=secrets.token_bytes(32), created=utcnow())
-        await store.create_eab_key(key, (AuditEntry("eab.created", {"kid": key.kid}, "cli"),))
+        key = EabKey(
+            kid=new_id(), hmac_key=secrets.token_bytes(32), created=utcnow(), policy=policy
+        )
+        audit = AuditEntry("eab.created", {"kid": key.kid, "policy": policy.to_json()}, "cli")
+        await store.create_eab_key(key, (audit,))
     finally:
         await store.close()
-    body = {"kid": key.kid, "hmac_key": _b64url(key.hmac_key)}
+    body = {"kid": key.kid, "hmac_key": _b64url(key.hmac_key), **policy.to_json()}
     _emit(args, body, f"kid: {body['kid']}\nhmac_key: {body['hmac_key']}")
+    return 0
+
+
+async def _eab_list(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        keys = await store.list_eab_keys()
+    finally:
+        await store.close()
+    rows = [
+        {"kid": k.kid, "created": rfc3339(k.created), "revoked": k.revoked, **k.policy.to_json()}
+        for k in keys
+    ]
+    text = "\n".join(f"{r['kid']}\trevoked={r['revoked']}\texpires={r['expires']}" for r in rows)
+    _emit(args, {"keys": rows}, text)
+    return 0
+
+
+async def _eab_revoke(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        audit = AuditEntry("eab.revoked", {"kid": args.kid}, "cli")
+        changed = await store.revoke_eab_key(args.kid, (audit,))
+    finally:
+        await store.close()
+    if not changed:
+        raise AcmeMtError(f"no usable EAB key {args.kid!r} in {args.slug}")
+    _emit(args, {"kid": args.kid, "revoked": True}, f"EAB key {args.kid} revoked")
+    return 0
+
+
+async def _est_credential_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        credential, password = await create_credential(store)
+    finally:
+        await store.close()
+    body = {"id": credential.id, "username": credential.username, "password": password}
+    text = f"id: {credential.id}\nusername: {credential.username}\npassword: {password}"
+    _emit(args, body, text + "\n(the password is shown only this once)")
+    return 0
+
+
+async def _est_credential_revoke(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    try:
+        changed = await revoke_credential(store, args.id)
+    finally:
+        await store.close()
+    if not changed:
+        raise AcmeMtError(f"no usable EST credential {args.id!r} in {args.slug}")
+    _emit(args, {"id": args.id, "revoked": True}, f"EST credential {args.id} revoked")
     return 0
 
 
@@ -209,7 +283,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eab_create = eab.add_parser("create", parents=[common], help="make an EAB key")
     eab_create.add_argument("slug")
+    eab_create.add_argument(
+        "--suffix", action="append", default=[], help="allowed identifier suffix (repeatable)"
+    )
+    eab_create.add_argument(
+        "--profile", action="append", default=[], help="allowed profile (repeatable)"
+    )
+    eab_create.add_argument("--expires-in-days", type=int, help="the key stops binding after this")
+    eab_create.add_argument(
+        "--max-accounts", type=int, default=1, help="how many accounts may bind (default 1)"
+    )
     eab_create.set_defaults(run=_eab_create)
+    eab_list = eab.add_parser("list", parents=[common], help="list a tenant's EAB keys")
+    eab_list.add_argument("slug")
+    eab_list.set_defaults(run=_eab_list)
+    eab_revoke = eab.add_parser("revoke", parents=[common], help="stop a key binding accounts")
+    eab_revoke.add_argument("slug")
+    eab_revoke.add_argument("kid")
+    eab_revoke.set_defaults(run=_eab_revoke)
+
+    est = commands.add_parser("est", help="EST enrollment").add_subparsers(
+        dest="action", required=True
+    )
+    credential = est.add_parser("credential", help="EST enrollment credentials (HTTP Basic)")
+    credential_actions = credential.add_subparsers(dest="credential_action", required=True)
+    credential_create = credential_actions.add_parser(
+        "create", parents=[common], help="make a credential; its password is shown once"
+    )
+    credential_create.add_argument("slug")
+    credential_create.set_defaults(run=_est_credential_create)
+    credential_revoke = credential_actions.add_parser(
+        "revoke", parents=[common], help="stop a credential at once"
+    )
+    credential_revoke.add_argument("slug")
+    credential_revoke.add_argument("id")
+    credential_revoke.set_defaults(run=_est_credential_revoke)
 
     ari = commands.add_parser("ari", help="ACME renewal information").add_subparsers(
         dest="action", required=True

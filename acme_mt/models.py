@@ -148,6 +148,42 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True)
+class EabPolicy:
+    """What accounts bound through one EAB key may do, beyond the tenant's policy."""
+
+    allowed_suffixes: tuple[str, ...] = ()
+    allowed_profiles: tuple[str, ...] = ()
+    expires: datetime | None = None
+    max_accounts: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allowed_suffixes": list(self.allowed_suffixes),
+            "allowed_profiles": list(self.allowed_profiles),
+            "expires": rfc3339(self.expires) if self.expires else None,
+            "max_accounts": self.max_accounts,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> EabPolicy:
+        if not raw:
+            return cls()
+        expires = raw.get("expires")
+        return cls(
+            allowed_suffixes=tuple(raw.get("allowed_suffixes") or ()),
+            allowed_profiles=tuple(raw.get("allowed_profiles") or ()),
+            expires=datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None,
+            max_accounts=int(raw.get("max_accounts", 1)),
+        )
+
+    def allows_name(self, name: str) -> bool:
+        if not self.allowed_suffixes:
+            return True
+        base = name.lower().removeprefix("*.")
+        return any(base == s or base.endswith("." + s) for s in self.allowed_suffixes)
+
+
+@dataclass(frozen=True)
 class EabKey:
     """An external account binding key (RFC 8555 §7.3.4); ``hmac_key`` is raw bytes."""
 
@@ -156,6 +192,10 @@ class EabKey:
     created: datetime
     account_id: str | None = None
     revoked: bool = False
+    policy: EabPolicy = field(default_factory=EabPolicy)
+
+    def usable(self, now: datetime) -> bool:
+        return not self.revoked and (self.policy.expires is None or self.policy.expires > now)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from acme_mt.authority.accounts import AccountService, KeyInUse
 from acme_mt.authority.authorizations import AuthorizationService
+from acme_mt.authority.enrollment import EnrollmentService
 from acme_mt.authority.orders import OrderService
 from acme_mt.authority.revocation import RevocationService, parse_revocation
 from acme_mt.events import Events
@@ -18,7 +19,7 @@ __all__ = ["KeyInUse", "RegistrationAuthority", "parse_revocation"]
 
 
 class RegistrationAuthority:
-    """Accounts, orders, authorizations and revocations for every tenant."""
+    """Accounts, orders, authorizations, revocations and EST enrollment for every tenant."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class RegistrationAuthority:
         self.orders = OrderService(self.events, validator, https_url)
         self.authorizations = AuthorizationService(validator, validation_wait, https_url)
         self.revocations = RevocationService(self.events)
+        self.enrollment = EnrollmentService(self.events)
 
     async def close(self) -> None:
         await self.authorizations.close()

@@ -13,6 +13,7 @@ import josepy as jose
 
 from acme_mt.errors import AcmeProblem
 from acme_mt.jws import parse_jws, public_jwk_json
+from acme_mt.models import utcnow
 from acme_mt.storage.base import StoreReader
 
 
@@ -50,7 +51,7 @@ async def check_binding(
         if not same:
             raise AcmeProblem("malformed", "The external account binding names another key")
     key = await store.get_eab_key(header.kid)
-    if key is None or key.revoked or key.account_id is not None:
+    if key is None or not key.usable(utcnow()):
         raise AcmeProblem("unauthorized", "The external account binding key is not usable")
     mac_key = jose.JWKOct(key=key.hmac_key)
     try:

@@ -38,7 +38,6 @@ from acme_mt.models import (
     CertificateRecord,
     CertificateStatus,
     Identifier,
-    new_id,
     utcnow,
 )
 from acme_mt.storage.base import EstCredential, TenantStore
@@ -89,7 +88,7 @@ def verify_password(password: str, encoded: str) -> bool:
     """Whether ``password`` matches a hash from ``hash_password`` (any recorded cost)."""
     try:
         scheme, n, r, p, salt, expected = encoded.split("$")
-        if scheme != "scrypt":
+        if scheme != "scrypt" or int(n) > 2**20 or int(r) > 32 or int(p) > 16:
             return False
         digest = hashlib.scrypt(
             password.encode(),
@@ -234,9 +233,12 @@ class EnrollmentService:
         key = (tenant.id, credential.id)
         proof = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
         known = self._verified.get(key)
-        if known is not None and known.password_hash == credential.password_hash:
-            if hmac.compare_digest(known.proof, proof):
-                return f"est-credential:{credential.id}"
+        if (
+            known is not None
+            and known.password_hash == credential.password_hash
+            and hmac.compare_digest(known.proof, proof)
+        ):
+            return f"est-credential:{credential.id}"
         async with self._scrypt_slots:
             ok = await asyncio.to_thread(verify_password, password, credential.password_hash)
         if not ok:
@@ -283,6 +285,7 @@ class EnrollmentService:
         actor: str,
     ) -> x509.Certificate:
         """RFC 7030 §4.2.2: renew ``current``; the CSR's subject and SAN must be its own."""
+        requested_names(csr)  # refuses a malformed subject or SAN before comparing
         if csr.subject.public_bytes() != current.subject.public_bytes():
             raise EnrollmentRefused("the CSR's subject differs from the current certificate's")
         if _san_bytes(csr.extensions) != _san_bytes(current.extensions):
@@ -422,16 +425,3 @@ def _server_csr(
     except x509.ExtensionNotFound:
         pass
     return key, builder.sign(key, hashes.SHA256())
-
-
-__all__ = [
-    "EnrollmentDenied",
-    "EnrollmentRefused",
-    "EnrollmentService",
-    "create_credential",
-    "generate_key",
-    "hash_password",
-    "new_id",
-    "revoke_credential",
-    "verify_password",
-]

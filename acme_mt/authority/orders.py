@@ -22,7 +22,7 @@ from acme_mt.authority.authorizations import is_expired, new_authorization
 from acme_mt.authority.caa import check_authorization_caa, needs_recheck
 from acme_mt.authority.identifiers import base_identifier, check_identifiers, comparable
 from acme_mt.authority.renewal import check_replaces
-from acme_mt.errors import AcmeProblem
+from acme_mt.errors import AcmeProblem, Subproblem
 from acme_mt.events import Events
 from acme_mt.issuance import check_csr, csr_identifiers, new_serial, parse_csr, shard_for_serial
 from acme_mt.jws import thumbprint
@@ -33,6 +33,7 @@ from acme_mt.models import (
     AuthorizationStatus,
     CertificateRecord,
     CertificateStatus,
+    Identifier,
     Order,
     OrderStatus,
     new_id,
@@ -78,6 +79,7 @@ class OrderService:
         policy = tenant.policy
         profile = self._profile(tenant, payload.get("profile"))
         identifiers = check_identifiers(payload.get("identifiers"), policy, profile)
+        await self._check_eab_policy(tenant, account, identifiers, profile)
         replaces = None
         if "replaces" in payload:
             replaces = await check_replaces(tenant, account, payload["replaces"])
@@ -126,6 +128,41 @@ class OrderService:
         )
         await tenant.store.create_order(order, created, (audit,))
         return order
+
+    @staticmethod
+    async def _check_eab_policy(
+        tenant: TenantContext,
+        account: Account,
+        identifiers: tuple[Identifier, ...],
+        profile: Profile,
+    ) -> None:
+        """Accounts bound through a restricted EAB key order only what the key allows."""
+        if account.eab_kid is None:
+            return
+        key = await tenant.store.get_eab_key(account.eab_kid)
+        if key is None:
+            return
+        policy = key.policy
+        if policy.allowed_profiles and profile.name not in policy.allowed_profiles:
+            raise AcmeProblem(
+                "invalidProfile",
+                f"this account's EAB key allows profiles {', '.join(policy.allowed_profiles)}",
+            )
+        refused = [
+            Subproblem(
+                "rejectedIdentifier",
+                f"this account's EAB key allows only names under "
+                f"{', '.join(policy.allowed_suffixes)}",
+                i.to_json(),
+            )
+            for i in identifiers
+            if i.type != "dns" or not policy.allows_name(i.value)
+        ]
+        if refused:
+            detail = (
+                refused[0].detail if len(refused) == 1 else f"{len(refused)} identifiers refused"
+            )
+            raise AcmeProblem("rejectedIdentifier", detail, tuple(refused))
 
     @staticmethod
     def _profile(tenant: TenantContext, requested: Any) -> Profile:

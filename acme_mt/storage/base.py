@@ -86,6 +86,8 @@ class StoreReader(Protocol):
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
 
+    async def list_eab_keys(self) -> list[EabKey]: ...
+
     async def get_est_credential(self, username: str) -> EstCredential | None:
         """The EST credential with this username, revoked or not."""
         ...
@@ -173,6 +175,10 @@ class TenantStore(StoreReader, Protocol):
         ...
 
     async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None: ...
+
+    async def revoke_eab_key(self, kid: str, audit: Sequence[AuditEntry] = ()) -> bool:
+        """Stop a key binding new accounts; False when it was unknown or revoked already."""
+        ...
 
     async def create_est_credential(
         self, credential: EstCredential, audit: Sequence[AuditEntry] = ()

@@ -25,6 +25,7 @@ from acme_mt.models import (
     CertificateStatus,
     Challenge,
     EabKey,
+    EabPolicy,
     Identifier,
     Order,
     utcnow,
@@ -108,6 +109,7 @@ def eab_key_to_row(key: EabKey) -> dict[str, Any]:
         "created": to_epoch(key.created),
         "account_id": key.account_id,
         "revoked": int(key.revoked),
+        "policy": json.dumps(key.policy.to_json()),
     }
 
 
@@ -118,6 +120,7 @@ def eab_key_from_row(row: Row) -> EabKey:
         created=from_epoch(row["created"]),
         account_id=row["account_id"],
         revoked=bool(row["revoked"]),
+        policy=EabPolicy.from_json(json.loads(row["policy"]) if row["policy"] else None),
     )
 
 

@@ -51,6 +51,7 @@ from acme_mt.storage.sqlite_rows import (
     order_to_row,
     require_row,
     to_epoch,
+    to_epoch_or_none,
     update_order_row,
 )
 
@@ -106,7 +107,7 @@ class SqliteTenantStore:
             insert(conn, "accounts", account_to_row(account))
             if account.eab_kid is not None:
                 conn.execute(
-                    "UPDATE eab_keys SET account_id = ? WHERE kid = ?",
+                    "UPDATE eab_keys SET account_id = COALESCE(account_id, ?) WHERE kid = ?",
                     (account.id, account.eab_kid),
                 )
             return account
@@ -130,6 +131,26 @@ class SqliteTenantStore:
         row = await self._read_one("SELECT * FROM eab_keys WHERE kid = ?", kid)
         return None if row is None else eab_key_from_row(row)
 
+    async def list_eab_keys(self) -> list[EabKey]:
+        def body(conn: Conn) -> list[EabKey]:
+            rows = conn.execute("SELECT * FROM eab_keys ORDER BY created, kid").fetchall()
+            return [eab_key_from_row(row) for row in rows]
+
+        return await self._db.read(body)
+
+    async def revoke_eab_key(self, kid: str, audit: Sequence[AuditEntry] = ()) -> bool:
+        """Stop an EAB key binding new accounts; accounts bound already keep working."""
+
+        def body(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE eab_keys SET revoked = 1 WHERE kid = ? AND revoked = 0", (kid,)
+            )
+            if cursor.rowcount == 0:
+                raise NothingChanged(False)
+            return True
+
+        return await self._write(body, audit)
+
     async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None:
         await self._write(lambda conn: insert(conn, "eab_keys", eab_key_to_row(key)), audit)
 
@@ -147,9 +168,7 @@ class SqliteTenantStore:
             "username": credential.username,
             "password_hash": credential.password_hash,
             "created": to_epoch(credential.created),
-            "revoked_at": None
-            if credential.revoked_at is None
-            else to_epoch(credential.revoked_at),
+            "revoked_at": to_epoch_or_none(credential.revoked_at),
         }
         await self._write(lambda conn: insert(conn, "est_credentials", row), audit)
 
@@ -439,14 +458,19 @@ class SqliteTenantStore:
 
 
 def _check_eab_unbound(conn: Conn, kid: str) -> None:
-    """RFC 8555 §7.3.4: an EAB key binds one account, and a revoked key binds none."""
-    rows = conn.execute("SELECT revoked, account_id FROM eab_keys WHERE kid = ?", (kid,)).fetchall()
+    """RFC 8555 §7.3.4: an EAB key binds as many accounts as its policy allows (one by
+    default); a revoked or expired key binds none."""
+    rows = conn.execute("SELECT * FROM eab_keys WHERE kid = ?", (kid,)).fetchall()
     if not rows:
         raise Conflict("the external account key is unknown")
-    if rows[0]["revoked"]:
-        raise Conflict("the external account key is revoked")
-    if rows[0]["account_id"] is not None:
-        raise Conflict("the external account key is bound to another account")
+    key = eab_key_from_row(rows[0])
+    if not key.usable(utcnow()):
+        raise Conflict("the external account key is revoked or expired")
+    (bound,) = conn.execute("SELECT COUNT(*) FROM accounts WHERE eab_kid = ?", (kid,)).fetchone()
+    if key.account_id is not None and bound == 0:
+        bound = 1
+    if bound >= key.policy.max_accounts:
+        raise Conflict("the external account key is bound to its accounts already")
 
 
 def _est_credential_from_row(row: sqlite3.Row) -> EstCredential:

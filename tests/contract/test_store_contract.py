@@ -741,8 +741,9 @@ def test_sqlite_migrations_apply_once(tmp_path: Path) -> None:
     first = apply_sqlite_migrations(conn, "tenant")
     second = apply_sqlite_migrations(conn, "tenant")
 
-    assert first == [1] and second == []
-    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+    assert first[0] == 1 and first == sorted(first) and second == []
+    recorded = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert recorded == [(v,) for v in first]
     conn.close()
 
 

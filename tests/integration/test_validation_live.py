@@ -121,14 +121,16 @@ class Responder:
 
 
 @contextlib.asynccontextmanager
-async def running_responder(host: str) -> AsyncIterator[Responder]:
+async def running_responder(
+    host: str, context: ssl.SSLContext | None = None
+) -> AsyncIterator[Responder]:
     responder = Responder()
     app = web.Application()
     app.router.add_get("/.well-known/acme-challenge/{token}", responder.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, 0).start()
+        await web.TCPSite(runner, host, 0, ssl_context=context).start()
         responder.port = runner.addresses[0][1]
         yield responder
     finally:
@@ -193,6 +195,26 @@ async def test_http01_redirect_to_other_name_is_followed(
     await validator.validate("http-01", NAME, TOKEN, KEY_AUTHORIZATION)
 
     assert responder.hosts == ["www.example.test", "other.example.test"]
+
+
+async def test_http01_redirect_to_https_is_followed_without_verification(
+    make_validator: MakeValidator, responder: Responder, tmp_path: Path
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _context: names.append(name)
+    # Any self-signed certificate will do: https redirects are not verified.
+    context.load_cert_chain(*challenge_certificate(tmp_path, x509.DNSName("x.test")))
+    async with running_responder("127.0.0.1", context) as https:
+        https.bodies[TOKEN] = KEY_AUTHORIZATION.encode()
+        target = f"https://secure.example.test:{https.port}{CHALLENGE_PATH}"
+        responder.redirects[TOKEN] = target
+        validator = make_validator(http01_port=responder.port, tlsalpn01_port=https.port)
+
+        await validator.validate("http-01", NAME, TOKEN, KEY_AUTHORIZATION)
+
+    assert https.hosts == ["secure.example.test"]
+    assert names == ["secure.example.test"]
 
 
 async def test_http01_wrong_body_is_incorrect_response(
