@@ -126,6 +126,9 @@ class AuthorizationService:
         processing = replace(challenge, status=ChallengeStatus.PROCESSING)
         authorization = _with_challenge(authorization, processing)
         await tenant.store.update_authorization(authorization)
+        # Limitation: the validation runs in this process only; if it dies mid-way the
+        # challenge stays processing. A sweeper that re-queues old processing challenges
+        # through a store-held job lease would end that.
         task = asyncio.create_task(self._validate(tenant, account, authorization, processing))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -96,6 +96,8 @@ async def check_replaces(tenant: TenantContext, account: Account, replaces: Any)
     record = await find_certificate(tenant, replaces)
     if record.account_id != account.id:
         raise AcmeProblem("unauthorized", "The replaced certificate belongs to another account")
+    # Limitation: two concurrent newOrders naming the same certificate can both pass this
+    # check; a unique index on open replacing orders would make the store refuse the second.
     if await tenant.store.find_order_replacing(replaces) is not None:
         raise AcmeProblem("alreadyReplaced", "Another order already replaces this certificate")
     return replaces

@@ -66,7 +66,11 @@ class RevocationService:
         account: Account | None,
         by_certificate_key: bool,
     ) -> None:
-        """Revoke once; the signer must be the ordering account or the certificate key."""
+        """Revoke once; the signer must be the ordering account or the certificate key.
+
+        Limitation: RFC 8555 §7.6 also lets an account that holds valid authorizations for
+        every name revoke; checking those authorizations here would end it.
+        """
         if not by_certificate_key and (account is None or account.id != record.account_id):
             raise AcmeProblem("unauthorized", "This account did not order the certificate")
         if record.status == CertificateStatus.REVOKED:

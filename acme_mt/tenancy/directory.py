@@ -106,6 +106,9 @@ class TenantDirectory:
             root=self._root,
             http_url=self._settings.server.http_url,
         )
+        # Limitation: recovery runs when a process first opens the tenant, which is right
+        # for one server; replicas sharing a store would need it to skip serials younger
+        # than a signing deadline, so one replica never abandons another's issuance.
         recovered = await store.recover_interrupted_issuance()
         if recovered:
             logger.warning(
