@@ -22,6 +22,7 @@ from typing import Any
 
 from acme_mt.app import run_server
 from acme_mt.audit import verify_chain
+from acme_mt.authority.domains import record_name, verify_domain
 from acme_mt.authority.enrollment import create_credential, revoke_credential
 from acme_mt.backends import open_keystore, open_store_backend
 from acme_mt.config import Settings, load_settings
@@ -32,6 +33,7 @@ from acme_mt.storage.base import TenantRecord
 from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
 from acme_mt.tenancy.policy import TenantPolicy
 from acme_mt.urls import AcmeUrls
+from acme_mt.validation.resolver import Resolver
 
 
 def _b64url(data: bytes) -> str:
@@ -148,6 +150,7 @@ async def _eab_create(settings, stores, registry, keystore, args) -> int:  # typ
         allowed_profiles=tuple(args.profile),
         expires=expires,
         max_accounts=args.max_accounts,
+        pre_validated=args.pre_validated,
     )
     store = await stores.open_tenant_store(record.id, record.slug)
     try:
@@ -239,6 +242,29 @@ async def _audit_verify(settings, stores, registry, keystore, args) -> int:  # t
     return 0 if broken is None else 1
 
 
+async def _domain_verify(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    store = await _open_tenant_store(stores, registry, args.slug)
+    resolver = Resolver(settings.validation.dns_resolver, settings.validation.timeout_seconds)
+    try:
+        state = await verify_domain(store, resolver, args.domain)
+    finally:
+        await store.close()
+    body = {
+        "domain": state.domain,
+        "record": record_name(state.domain),
+        "type": "TXT",
+        "value": state.token,
+        "verified": rfc3339(state.verified) if state.verified else None,
+    }
+    text = (
+        f"{state.domain} verified at {body['verified']}"
+        if state.verified
+        else f"publish {body['record']} TXT {state.token!r}, then run this command again"
+    )
+    _emit(args, body, text)
+    return 0 if state.verified else 3
+
+
 async def _ari_advance(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
     record = await registry.get_tenant(args.slug)
     if record is None:
@@ -249,6 +275,24 @@ async def _ari_advance(settings, stores, registry, keystore, args) -> int:  # ty
     await registry.update_tenant(replace(record, policy=policy))
     body = {"slug": record.slug, "renew_issued_before": cutoff}
     _emit(args, body, f"certificates of {record.slug} issued before {cutoff} should renew now")
+    return 0
+
+
+async def _db_migrate(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+    migrate = getattr(stores, "migrate", None)
+    if migrate is not None:
+        report = await migrate()
+    else:
+        # The embedded store applies pending migrations whenever it opens a file.
+        report = {"registry": [], "tenants": {}}
+        for record in await registry.list_tenants():
+            store = await stores.open_tenant_store(record.id, record.slug)
+            await store.close()
+            report["tenants"][record.slug] = []
+    applied = sum(len(v) for v in report["tenants"].values()) + len(report["registry"])
+    body = {"backend": settings.store.backend, **report}
+    current = len(report["tenants"])
+    _emit(args, body, f"{applied} migrations applied; {current} tenant stores current")
     return 0
 
 
@@ -293,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     eab_create.add_argument(
         "--max-accounts", type=int, default=1, help="how many accounts may bind (default 1)"
     )
+    eab_create.add_argument(
+        "--pre-validated",
+        action="store_true",
+        help="accounts skip live challenges for names under the tenant's verified domains",
+    )
     eab_create.set_defaults(run=_eab_create)
     eab_list = eab.add_parser("list", parents=[common], help="list a tenant's EAB keys")
     eab_list.add_argument("slug")
@@ -319,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     credential_revoke.add_argument("id")
     credential_revoke.set_defaults(run=_est_credential_revoke)
 
+    domain = commands.add_parser("domain", help="tenant domain verification").add_subparsers(
+        dest="action", required=True
+    )
+    domain_verify = domain.add_parser(
+        "verify", parents=[common], help="ask for and check the TXT record proving a domain"
+    )
+    domain_verify.add_argument("slug")
+    domain_verify.add_argument("domain")
+    domain_verify.set_defaults(run=_domain_verify)
+
     ari = commands.add_parser("ari", help="ACME renewal information").add_subparsers(
         dest="action", required=True
     )
@@ -335,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", parents=[common], help="check a tenant's chain")
     verify.add_argument("slug")
     verify.set_defaults(run=_audit_verify)
+
+    db = commands.add_parser("db", help="the store's schema").add_subparsers(
+        dest="action", required=True
+    )
+    db.add_parser(
+        "migrate", parents=[common], help="apply pending migrations to the registry and tenants"
+    ).set_defaults(run=_db_migrate)
     return parser
 
 

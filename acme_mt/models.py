@@ -155,6 +155,9 @@ class EabPolicy:
     allowed_profiles: tuple[str, ...] = ()
     expires: datetime | None = None
     max_accounts: int = 1
+    #: Accounts bound through this key skip live challenges for names under the
+    #: tenant's verified domains.
+    pre_validated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +165,7 @@ class EabPolicy:
             "allowed_profiles": list(self.allowed_profiles),
             "expires": rfc3339(self.expires) if self.expires else None,
             "max_accounts": self.max_accounts,
+            "pre_validated": self.pre_validated,
         }
 
     @classmethod
@@ -174,6 +178,7 @@ class EabPolicy:
             allowed_profiles=tuple(raw.get("allowed_profiles") or ()),
             expires=datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None,
             max_accounts=int(raw.get("max_accounts", 1)),
+            pre_validated=bool(raw.get("pre_validated", False)),
         )
 
     def allows_name(self, name: str) -> bool:
@@ -181,6 +186,22 @@ class EabPolicy:
             return True
         base = name.lower().removeprefix("*.")
         return any(base == s or base.endswith("." + s) for s in self.allowed_suffixes)
+
+
+@dataclass(frozen=True)
+class VerifiedDomain:
+    """A domain a tenant proves once by DNS TXT; ``verified`` is None until then."""
+
+    domain: str
+    token: str
+    requested: datetime
+    verified: datetime | None = None
+
+    def covers(self, name: str) -> bool:
+        base = name.lower().removeprefix("*.")
+        return self.verified is not None and (
+            base == self.domain or base.endswith("." + self.domain)
+        )
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def needs_recheck(tenant: TenantContext, authorization: Authorization) -> str | 
     for challenge in authorization.challenges:
         if challenge.status == ChallengeStatus.VALID:
             if challenge.validated is None or utcnow() - challenge.validated > limit:
-                return challenge.type
+                # A domain proven by a TXT record is rechecked as a DNS validation.
+                return "dns-01" if challenge.type == "verified-domain" else challenge.type
             return None
     return None

@@ -33,13 +33,7 @@ from acme_mt.authority.identifiers import identifier_problem
 from acme_mt.errors import AcmeMtError, AcmeProblem
 from acme_mt.events import Events
 from acme_mt.issuance import check_csr, key_type_name, new_serial, shard_for_serial
-from acme_mt.models import (
-    AuditEntry,
-    CertificateRecord,
-    CertificateStatus,
-    Identifier,
-    utcnow,
-)
+from acme_mt.models import AuditEntry, CertificateRecord, CertificateStatus, Identifier, utcnow
 from acme_mt.storage.base import EstCredential, TenantStore
 from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.profiles import Profile
@@ -58,20 +52,20 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _CURVES: dict[str, ec.EllipticCurve] = {"ec-p256": ec.SECP256R1(), "ec-p384": ec.SECP384R1()}
 
 
-class EnrollmentRefused(AcmeMtError):
-    """The request breaks a rule; ``detail`` names it (EST answers 400)."""
+class EnrollmentError(AcmeMtError):
+    """Root of enrollment failures; ``detail`` is safe to show the client."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
-class EnrollmentDenied(AcmeMtError):
+class EnrollmentRefused(EnrollmentError):
+    """The request breaks a rule and ``detail`` names it (EST answers 400)."""
+
+
+class EnrollmentDenied(EnrollmentError):
     """The client did not prove it may enroll at this tenant (EST answers 401 or 403)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -90,15 +84,8 @@ def verify_password(password: str, encoded: str) -> bool:
         scheme, n, r, p, salt, expected = encoded.split("$")
         if scheme != "scrypt" or int(n) > 2**20 or int(r) > 32 or int(p) > 16:
             return False
-        digest = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=128 * int(r) * int(n) * 2,
-            dklen=32,
-        )
+        cost = {"n": int(n), "r": int(r), "p": int(p), "maxmem": 256 * int(r) * int(n)}
+        digest = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, **cost)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest, base64.b64decode(expected))
@@ -106,10 +93,6 @@ def verify_password(password: str, encoded: str) -> bool:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-#: Checked when a username is unknown, so that answer takes as long as a wrong password.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(PASSWORD_BYTES))
 
 
 async def create_credential(store: TenantStore, actor: str = "cli") -> tuple[EstCredential, str]:
@@ -227,8 +210,8 @@ class EnrollmentService:
         """
         credential = await tenant.store.get_est_credential(username)
         if credential is None or credential.revoked_at is not None:
-            async with self._scrypt_slots:
-                await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            async with self._scrypt_slots:  # as slow as a wrong password, to hide which it was
+                await asyncio.to_thread(hash_password, password)
             raise EnrollmentDenied("unknown username or wrong password")
         key = (tenant.id, credential.id)
         proof = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from acme_mt.authority.authorizations import is_expired, new_authorization
 from acme_mt.authority.caa import check_authorization_caa, needs_recheck
+from acme_mt.authority.domains import prevalidate
 from acme_mt.authority.identifiers import base_identifier, check_identifiers, comparable
 from acme_mt.authority.renewal import check_replaces
 from acme_mt.errors import AcmeProblem, Subproblem
@@ -91,7 +92,6 @@ class OrderService:
         order_expires = now + timedelta(hours=profile.order_lifetime_hours)
         authorization_ids: list[str] = []
         created: list[Authorization] = []
-        all_valid = True
         for identifier in identifiers:
             base, wildcard = base_identifier(identifier)
             reusable = await tenant.store.find_reusable_authorization(
@@ -104,7 +104,9 @@ class OrderService:
             authorization = new_authorization(account.id, base, wildcard, authz_expires)
             created.append(authorization)
             authorization_ids.append(authorization.id)
-            all_valid = False
+        created = await prevalidate(tenant, account, created, self._validator, self._https_url)
+        # Reused authorizations are valid; the order is ready when every new one is too.
+        all_valid = all(a.status == AuthorizationStatus.VALID for a in created)
         order = Order(
             id=new_id(),
             account_id=account.id,

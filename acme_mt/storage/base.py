@@ -26,6 +26,7 @@ from acme_mt.models import (
     EabKey,
     Identifier,
     Order,
+    VerifiedDomain,
 )
 
 
@@ -38,6 +39,16 @@ class EstCredential:
     password_hash: str
     created: datetime
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OcspSignerRecord:
+    """A tenant's delegated OCSP signing certificate (RFC 6960 §4.2.2.2) and its key's label."""
+
+    key_label: str
+    certificate_der: bytes
+    not_after: datetime
+    created: datetime
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,21 @@ class StoreReader(Protocol):
         """Revoked, unexpired certificates (of one CRL shard, or all when ``None``)."""
         ...
 
+    async def list_certificates(self, after_serial: str, limit: int) -> list[CertificateRecord]:
+        """Issued certificates, valid or revoked, by serial after ``after_serial``; no DER."""
+        ...
+
+    async def get_ocsp_signer(self) -> OcspSignerRecord | None:
+        """The delegated OCSP signer that expires last, if any was saved."""
+        ...
+
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
 
     async def list_eab_keys(self) -> list[EabKey]: ...
+
+    async def list_domains(self) -> list[VerifiedDomain]:
+        """The tenant's domains, verified or still waiting for their TXT record."""
+        ...
 
     async def get_est_credential(self, username: str) -> EstCredential | None:
         """The EST credential with this username, revoked or not."""
@@ -176,6 +199,10 @@ class TenantStore(StoreReader, Protocol):
 
     async def create_eab_key(self, key: EabKey, audit: Sequence[AuditEntry] = ()) -> None: ...
 
+    async def save_domain(self, domain: VerifiedDomain, audit: Sequence[AuditEntry] = ()) -> None:
+        """Insert or replace a domain's verification state."""
+        ...
+
     async def revoke_eab_key(self, kid: str, audit: Sequence[AuditEntry] = ()) -> bool:
         """Stop a key binding new accounts; False when it was unknown or revoked already."""
         ...
@@ -190,6 +217,12 @@ class TenantStore(StoreReader, Protocol):
         self, credential_id: str, when: datetime, audit: Sequence[AuditEntry] = ()
     ) -> bool:
         """Revoke an EST credential; False, changing nothing, when unknown or revoked already."""
+        ...
+
+    async def save_ocsp_signer(
+        self, signer: OcspSignerRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Keep a new delegated OCSP signer so that a restart reuses it."""
         ...
 
     async def append_audit(self, audit: Sequence[AuditEntry]) -> None: ...

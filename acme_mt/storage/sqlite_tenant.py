@@ -25,9 +25,10 @@ from acme_mt.models import (
     EabKey,
     Identifier,
     Order,
+    VerifiedDomain,
     utcnow,
 )
-from acme_mt.storage.base import AuditRecord, EstCredential
+from acme_mt.storage.base import AuditRecord, EstCredential, OcspSignerRecord
 from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
 from acme_mt.storage.sqlite_rows import (
     account_from_row,
@@ -137,6 +138,36 @@ class SqliteTenantStore:
             return [eab_key_from_row(row) for row in rows]
 
         return await self._db.read(body)
+
+    async def list_domains(self) -> list[VerifiedDomain]:
+        def body(conn: Conn) -> list[VerifiedDomain]:
+            rows = conn.execute("SELECT * FROM verified_domains ORDER BY domain").fetchall()
+            return [
+                VerifiedDomain(
+                    domain=row["domain"],
+                    token=row["token"],
+                    requested=from_epoch(row["requested"]),
+                    verified=None if row["verified"] is None else from_epoch(row["verified"]),
+                )
+                for row in rows
+            ]
+
+        return await self._db.read(body)
+
+    async def save_domain(self, domain: VerifiedDomain, audit: Sequence[AuditEntry] = ()) -> None:
+        def body(conn: Conn) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO verified_domains (domain, token, requested, verified)"
+                " VALUES (?, ?, ?, ?)",
+                (
+                    domain.domain,
+                    domain.token,
+                    to_epoch(domain.requested),
+                    None if domain.verified is None else to_epoch(domain.verified),
+                ),
+            )
+
+        await self._write(body, audit)
 
     async def revoke_eab_key(self, kid: str, audit: Sequence[AuditEntry] = ()) -> bool:
         """Stop an EAB key binding new accounts; accounts bound already keep working."""
@@ -333,6 +364,50 @@ class SqliteTenantStore:
             return [certificate_from_row(row) for row in rows]
 
         return await self._db.read(body)
+
+    async def list_certificates(self, after_serial: str, limit: int) -> list[CertificateRecord]:
+        """Valid and revoked certificates by serial text after ``after_serial``, without DER."""
+
+        def body(conn: Conn) -> list[CertificateRecord]:
+            rows = conn.execute(
+                "SELECT serial, account_id, order_id, status, not_before, not_after, created,"
+                " NULL AS der, revoked_at, revocation_reason, shard, channel FROM certificates"
+                " WHERE status IN ('valid', 'revoked') AND serial > ? ORDER BY serial LIMIT ?",
+                (after_serial.lower(), limit),
+            ).fetchall()
+            return [certificate_from_row(row) for row in rows]
+
+        return await self._db.read(body)
+
+    # Delegated OCSP signers (RFC 6960 §4.2.2.2).
+
+    async def get_ocsp_signer(self) -> OcspSignerRecord | None:
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT * FROM ocsp_signers ORDER BY not_after DESC, created DESC LIMIT 1"
+            ).fetchall()
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return OcspSignerRecord(
+            key_label=row["key_label"],
+            certificate_der=bytes(row["certificate"]),
+            not_after=from_epoch(row["not_after"]),
+            created=from_epoch(row["created"]),
+        )
+
+    async def save_ocsp_signer(
+        self, signer: OcspSignerRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """:raises acme_mt.errors.Conflict: the key label is saved already."""
+        row = {
+            "key_label": signer.key_label,
+            "certificate": signer.certificate_der,
+            "not_after": to_epoch(signer.not_after),
+            "created": to_epoch(signer.created),
+        }
+        await self._write(lambda conn: insert(conn, "ocsp_signers", row), audit)
 
     async def begin_issuance(
         self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
