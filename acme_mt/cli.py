@@ -27,9 +27,10 @@ from acme_mt.authority.enrollment import create_credential, revoke_credential
 from acme_mt.backends import open_keystore, open_store_backend
 from acme_mt.config import Settings, load_settings
 from acme_mt.errors import AcmeMtError
+from acme_mt.keystores.base import KeyStore
 from acme_mt.log import setup_logging
 from acme_mt.models import AuditEntry, EabKey, EabPolicy, new_id, rfc3339, utcnow
-from acme_mt.storage.base import TenantRecord
+from acme_mt.storage.base import RegistryStore, StoreBackend, TenantRecord, TenantStore
 from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
 from acme_mt.tenancy.policy import TenantPolicy
 from acme_mt.urls import AcmeUrls
@@ -70,7 +71,13 @@ async def _with_registry(
         await keystore.close()
 
 
-async def _tenant_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _tenant_create(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     policy: dict[str, Any] | None = None
     if args.policy:
         try:
@@ -102,7 +109,13 @@ async def _tenant_create(settings, stores, registry, keystore, args) -> int:  # 
     return 0
 
 
-async def _tenant_list(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _tenant_list(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     records = await registry.list_tenants()
     tenants = [_tenant_json(settings, r) for r in records]
     text = "\n".join(f"{t['slug']}\t{t['status']}\t{t['directory_url']}" for t in tenants)
@@ -110,7 +123,13 @@ async def _tenant_list(settings, stores, registry, keystore, args) -> int:  # ty
     return 0
 
 
-async def _tenant_show(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _tenant_show(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     record = await registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
@@ -119,20 +138,34 @@ async def _tenant_show(settings, stores, registry, keystore, args) -> int:  # ty
     return 0
 
 
-async def _tenant_suspend(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _tenant_suspend(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     record = await set_tenant_status(registry, args.slug, "suspended")
     _emit(args, _tenant_json(settings, record), f"tenant {record.slug} suspended")
     return 0
 
 
-async def _open_tenant_store(stores, registry, slug):  # type: ignore[no-untyped-def]
+async def _open_tenant_store(
+    stores: StoreBackend, registry: RegistryStore, slug: str
+) -> TenantStore:
     record = await registry.get_tenant(slug)
     if record is None:
         raise AcmeMtError(f"no tenant {slug!r}")
     return await stores.open_tenant_store(record.id, record.slug)
 
 
-async def _eab_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _eab_create(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     record = await registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
@@ -166,7 +199,13 @@ async def _eab_create(settings, stores, registry, keystore, args) -> int:  # typ
     return 0
 
 
-async def _eab_list(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _eab_list(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     try:
         keys = await store.list_eab_keys()
@@ -181,7 +220,13 @@ async def _eab_list(settings, stores, registry, keystore, args) -> int:  # type:
     return 0
 
 
-async def _eab_revoke(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _eab_revoke(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     try:
         audit = AuditEntry("eab.revoked", {"kid": args.kid}, "cli")
@@ -194,7 +239,13 @@ async def _eab_revoke(settings, stores, registry, keystore, args) -> int:  # typ
     return 0
 
 
-async def _est_credential_create(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _est_credential_create(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     try:
         credential, password = await create_credential(store)
@@ -206,7 +257,13 @@ async def _est_credential_create(settings, stores, registry, keystore, args) -> 
     return 0
 
 
-async def _est_credential_revoke(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _est_credential_revoke(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     try:
         changed = await revoke_credential(store, args.id)
@@ -218,7 +275,13 @@ async def _est_credential_revoke(settings, stores, registry, keystore, args) -> 
     return 0
 
 
-async def _audit_verify(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _audit_verify(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     try:
         records = []
@@ -242,7 +305,13 @@ async def _audit_verify(settings, stores, registry, keystore, args) -> int:  # t
     return 0 if broken is None else 1
 
 
-async def _domain_verify(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _domain_verify(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     store = await _open_tenant_store(stores, registry, args.slug)
     resolver = Resolver(settings.validation.dns_resolver, settings.validation.timeout_seconds)
     try:
@@ -265,7 +334,13 @@ async def _domain_verify(settings, stores, registry, keystore, args) -> int:  # 
     return 0 if state.verified else 3
 
 
-async def _ari_advance(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _ari_advance(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     record = await registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
@@ -278,7 +353,13 @@ async def _ari_advance(settings, stores, registry, keystore, args) -> int:  # ty
     return 0
 
 
-async def _db_migrate(settings, stores, registry, keystore, args) -> int:  # type: ignore[no-untyped-def]
+async def _db_migrate(
+    settings: Settings,
+    stores: StoreBackend,
+    registry: RegistryStore,
+    keystore: KeyStore,
+    args: argparse.Namespace,
+) -> int:
     migrate = getattr(stores, "migrate", None)
     if migrate is not None:
         report = await migrate()

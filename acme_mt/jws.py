@@ -11,8 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import josepy as jose
 from josepy import jws as jose_jws
+from josepy.b64 import b64decode, b64encode
+from josepy.errors import DeserializationError, Error
+from josepy.json_util import field
+from josepy.jwk import JWK, JWKRSA, JWKOct
 
 from acme_mt.errors import AcmeProblem
 
@@ -26,14 +29,14 @@ JOSE_CONTENT_TYPE = "application/jose+json"
 class AcmeHeader(jose_jws.Header):
     """A JOSE header with the two ACME fields, nonce and url (RFC 8555 §6.4, §6.5)."""
 
-    nonce: str | None = jose.field("nonce", omitempty=True)
-    url: str | None = jose.field("url", omitempty=True)
+    nonce: str | None = field("nonce", omitempty=True)
+    url: str | None = field("url", omitempty=True)
 
 
 class AcmeSignature(jose_jws.Signature):
     __slots__ = jose_jws.Signature._orig_slots
     header_cls = AcmeHeader
-    header: AcmeHeader = jose.field(
+    header: AcmeHeader = field(
         "header", omitempty=True, default=AcmeHeader(), decoder=AcmeHeader.from_json
     )
 
@@ -83,7 +86,7 @@ def parse_jws(body: bytes | dict[str, Any], *, eab: bool = False) -> ParsedJWS:
     if not all(isinstance(obj.get(k), str) for k in ("protected", "payload", "signature")):
         raise AcmeProblem("malformed", "The JWS needs protected, payload and signature strings")
     try:
-        raw_protected = json.loads(jose.b64decode(obj["protected"]))
+        raw_protected = json.loads(b64decode(obj["protected"]))
     except (ValueError, TypeError, UnicodeDecodeError):
         raise AcmeProblem("malformed", "The JWS protected header is not base64url JSON") from None
     if not isinstance(raw_protected, dict):
@@ -94,7 +97,7 @@ def parse_jws(body: bytes | dict[str, Any], *, eab: bool = False) -> ParsedJWS:
         raise prob
     try:
         parsed = AcmeJWS.from_json(obj)
-    except (jose.DeserializationError, ValueError, TypeError, KeyError):
+    except (DeserializationError, ValueError, TypeError, KeyError):
         raise AcmeProblem("malformed", "The JWS could not be parsed") from None
     header = parsed.signature.combined
     if not eab and (header.jwk is None) == (header.kid is None):
@@ -104,41 +107,41 @@ def parse_jws(body: bytes | dict[str, Any], *, eab: bool = False) -> ParsedJWS:
     return ParsedJWS(parsed, header, parsed.payload, raw_protected)
 
 
-def verify_signature(parsed: ParsedJWS, key: jose.JWK) -> None:
+def verify_signature(parsed: ParsedJWS, key: JWK) -> None:
     """Check the JWS signature with ``key``.
 
     :raises AcmeProblem: malformed when the signature does not verify.
     """
     try:
         valid = parsed.jws.verify(key)
-    except (jose.Error, ValueError, TypeError):
+    except (Error, ValueError, TypeError):
         valid = False
     if not valid:
         raise AcmeProblem("malformed", "The JWS signature is invalid")
 
 
-def load_jwk(value: dict[str, Any] | jose.JWK | None) -> jose.JWK:
+def load_jwk(value: dict[str, Any] | JWK | None) -> JWK:
     """Turn a JWK from a header or payload into a josepy key, or badPublicKey."""
-    if isinstance(value, jose.JWK):
+    if isinstance(value, JWK):
         jwk = value
     else:
         try:
-            jwk = jose.JWK.from_json(value)
-        except (jose.DeserializationError, ValueError, TypeError, KeyError):
+            jwk = JWK.from_json(value)
+        except (DeserializationError, ValueError, TypeError, KeyError):
             raise AcmeProblem("badPublicKey", "The JWK could not be read") from None
-    if isinstance(jwk, jose.JWKOct):
+    if isinstance(jwk, JWKOct):
         raise AcmeProblem("badPublicKey", "Symmetric keys cannot identify an account")
-    if isinstance(jwk, jose.JWKRSA) and jwk.key.key_size < 2048:
+    if isinstance(jwk, JWKRSA) and jwk.key.key_size < 2048:
         raise AcmeProblem("badPublicKey", "RSA account keys must have at least 2048 bits")
     return jwk
 
 
-def thumbprint(jwk: jose.JWK) -> str:
+def thumbprint(jwk: JWK) -> str:
     """The RFC 7638 SHA-256 thumbprint, base64url, as key authorizations use it."""
-    return jose.b64encode(jwk.thumbprint()).decode()
+    return b64encode(jwk.thumbprint()).decode()
 
 
-def public_jwk_json(jwk: jose.JWK) -> dict[str, Any]:
+def public_jwk_json(jwk: JWK) -> dict[str, Any]:
     """A public JWK as a plain JSON object."""
     result: dict[str, Any] = jwk.public_key().to_partial_json()
     return result

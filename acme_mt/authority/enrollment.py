@@ -33,6 +33,7 @@ from acme_mt.authority.identifiers import identifier_problem
 from acme_mt.errors import AcmeMtError, AcmeProblem
 from acme_mt.events import Events
 from acme_mt.issuance import check_csr, key_type_name, new_serial, shard_for_serial
+from acme_mt.keystores.base import parse_key_type
 from acme_mt.models import AuditEntry, CertificateRecord, CertificateStatus, Identifier, utcnow
 from acme_mt.storage.base import EstCredential, TenantStore
 from acme_mt.tenancy.context import TenantContext
@@ -49,7 +50,10 @@ PASSWORD_BYTES = 24
 VERIFIED_CACHE_SIZE = 10_000
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-_CURVES: dict[str, ec.EllipticCurve] = {"ec-p256": ec.SECP256R1(), "ec-p384": ec.SECP384R1()}
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "secp256r1": ec.SECP256R1(),
+    "secp384r1": ec.SECP384R1(),
+}
 
 
 class EnrollmentError(AcmeMtError):
@@ -119,16 +123,21 @@ async def revoke_credential(store: TenantStore, credential_id: str, actor: str =
 
 
 def generate_key(key_type: str) -> PrivateKey:
-    """A new private key of a policy key type ("ec-p256", "rsa-2048", ...)."""
-    if key_type in _CURVES:
-        return ec.generate_private_key(_CURVES[key_type])
-    if key_type.startswith("rsa-"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
-    raise ValueError(f"unknown key type {key_type!r}")
+    """A new private key of a policy key type ("ec-p256", "rsa-2048", ...).
+
+    :raises acme_mt.errors.ConfigError: the key type is unknown.
+    """
+    _kind, param = parse_key_type(key_type)
+    if isinstance(param, int):
+        return rsa.generate_private_key(public_exponent=65537, key_size=param)
+    return ec.generate_private_key(_CURVES[param])
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> list[tuple[str, str]]:
     """The CSR's names in its own order: SAN entries, then a subject CN not among them.
+
+    The order is kept so that a certificate's SAN is the CSR's, byte for byte,
+    which is what a renewal must repeat (RFC 7030 §4.2.2).
 
     :raises EnrollmentRefused: the subject or SAN is malformed or holds other name types.
     """

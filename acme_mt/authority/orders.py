@@ -158,7 +158,7 @@ class OrderService:
                 i.to_json(),
             )
             for i in identifiers
-            if i.type != "dns" or not policy.allows_name(i.value)
+            if policy.allowed_suffixes and (i.type != "dns" or not policy.allows_name(i.value))
         ]
         if refused:
             detail = (

@@ -20,9 +20,6 @@ from acme_mt.errors import AcmeProblem
 from acme_mt.models import Account, CertificateRecord, CertificateStatus, utcnow
 from acme_mt.tenancy.context import TenantContext
 
-#: How long clients should wait before asking again (RFC 9773 §4.3).
-RETRY_AFTER_SECONDS = 6 * 3600
-
 
 @dataclass(frozen=True)
 class RenewalWindow:

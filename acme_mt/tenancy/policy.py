@@ -46,6 +46,8 @@ class TenantPolicy:
     renew_issued_before: str = ""
     #: ARI: the suggested window starts at this fraction of a certificate's lifetime.
     renewal_window_start: float = 0.66
+    #: ARI: the Retry-After of renewalInfo answers, so clients notice a moved window.
+    renewal_retry_after_seconds: int = 6 * 3600
     #: CAA (RFC 8659): how old a CAA check may be at issuance before it is redone.
     caa_recheck_hours: int = 8
 
@@ -70,6 +72,8 @@ class TenantPolicy:
             raise ConfigError("crl_shards must be 1 to 1024")
         if not 1 <= self.crl_lifetime_hours <= 24 * 7:
             raise ConfigError("crl_lifetime_hours must be 1 to 168")
+        if not 60 <= self.renewal_retry_after_seconds <= 24 * 3600:
+            raise ConfigError("renewal_retry_after_seconds must be 60 to 86400")
         if not 0.0 < self.renewal_window_start < 1.0:
             raise ConfigError("renewal_window_start must be between 0 and 1")
         if self.renew_issued_before:

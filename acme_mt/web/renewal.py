@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from acme_mt.authority.renewal import RETRY_AFTER_SECONDS, find_certificate, suggested_window
+from acme_mt.authority.renewal import find_certificate, suggested_window
 from acme_mt.models import rfc3339
 from acme_mt.web.keys import event_of, tenant_of
 from acme_mt.web.render import json_response
@@ -17,4 +17,4 @@ async def renewal_info(request: web.Request) -> web.Response:
     event_of(request)["serial"] = record.serial
     window = suggested_window(tenant, record)
     body = {"suggestedWindow": {"start": rfc3339(window.start), "end": rfc3339(window.end)}}
-    return json_response(body, retry_after=RETRY_AFTER_SECONDS)
+    return json_response(body, retry_after=tenant.policy.renewal_retry_after_seconds)
