@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from josepy import jws as jose_jws
 from josepy.b64 import b64decode, b64encode
@@ -96,10 +96,10 @@ def parse_jws(body: bytes | dict[str, Any], *, eab: bool = False) -> ParsedJWS:
         prob = AcmeProblem("badSignatureAlgorithm", f"Accepted algorithms: {', '.join(allowed)}")
         raise prob
     try:
-        parsed = AcmeJWS.from_json(obj)
+        parsed = cast(AcmeJWS, AcmeJWS.from_json(obj))
     except (DeserializationError, ValueError, TypeError, KeyError):
         raise AcmeProblem("malformed", "The JWS could not be parsed") from None
-    header = parsed.signature.combined
+    header = cast(AcmeHeader, parsed.signature.combined)
     if not eab and (header.jwk is None) == (header.kid is None):
         raise AcmeProblem("malformed", "The JWS header needs exactly one of jwk and kid")
     if not header.url:
@@ -126,7 +126,7 @@ def load_jwk(value: dict[str, Any] | JWK | None) -> JWK:
         jwk = value
     else:
         try:
-            jwk = JWK.from_json(value)
+            jwk = cast(JWK, JWK.from_json(value or {}))
         except (DeserializationError, ValueError, TypeError, KeyError):
             raise AcmeProblem("badPublicKey", "The JWK could not be read") from None
     if isinstance(jwk, JWKOct):

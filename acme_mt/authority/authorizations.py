@@ -43,6 +43,7 @@ def new_authorization(
 ) -> Authorization:
     """A pending authorization with a fresh token per challenge (RFC 8555 §8.1)."""
     authorization_id = new_id()
+    types: tuple[str, ...]
     if identifier.type == "ip":
         types = IP_CHALLENGE_TYPES
     else:

@@ -12,7 +12,7 @@ from typing import Any
 import josepy as jose
 
 from acme_mt.errors import AcmeProblem
-from acme_mt.jws import parse_jws, public_jwk_json
+from acme_mt.jws import load_jwk, parse_jws, public_jwk_json
 from acme_mt.models import utcnow
 from acme_mt.storage.base import StoreReader
 
@@ -45,8 +45,9 @@ async def check_binding(
         ) from None
     if bound_jwk != public_jwk_json(account_jwk):
         try:
-            same = jose.JWK.from_json(bound_jwk).thumbprint() == account_jwk.thumbprint()
-        except (jose.DeserializationError, ValueError, TypeError, KeyError):
+            other = load_jwk(bound_jwk)
+            same = other.thumbprint() == account_jwk.thumbprint()
+        except AcmeProblem:
             same = False
         if not same:
             raise AcmeProblem("malformed", "The external account binding names another key")
