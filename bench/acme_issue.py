@@ -105,7 +105,8 @@ def challenge_app(board: MutableMapping[str, str]) -> web.Application:
         key_authorization = board.get(request.match_info["token"])
         if key_authorization is None:
             raise web.HTTPNotFound()
-        return web.Response(body=key_authorization.encode(), content_type="text/plain")
+        body = key_authorization.encode()
+        return web.Response(body=body, content_type="application/octet-stream")
 
     app = web.Application()
     app.router.add_get("/.well-known/acme-challenge/{token}", answer)
@@ -163,7 +164,10 @@ def external_account(opts: argparse.Namespace) -> ExternalAccount | None:
 
 
 async def watch(run: Run, tasks: list[asyncio.Task[None]], stall: float) -> bool:
-    """Wait for the clients; cancel them all when nothing finishes for `stall` seconds."""
+    """Wait for the clients; cancel them all when nothing finishes for `stall` seconds.
+
+    A run whose last orders outlive its duration by twice that counts as stalled too.
+    """
     hard_stop = run.begin + 2 * stall + run.duration
     stalled = False
     pending = set(tasks)
@@ -175,7 +179,10 @@ async def watch(run: Run, tasks: list[asyncio.Task[None]], stall: float) -> bool
             break
     for task in pending:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            logger.error("a client stopped on an unexpected error: %r", outcome)
     return stalled
 
 
@@ -186,7 +193,11 @@ async def measure(opts: argparse.Namespace) -> dict[str, Any]:
     board: dict[str, str] = {}
     runner = web.AppRunner(challenge_app(board), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, opts.http01_address, opts.http01_port).start()
+    try:
+        await web.TCPSite(runner, opts.http01_address, opts.http01_port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise SystemExit(f"cannot serve http-01 on port {opts.http01_port}: {error}") from error
     try:
         tasks = [
             asyncio.create_task(client_task(run, opts, board, tls)) for _ in range(opts.clients)
@@ -222,7 +233,11 @@ def check_loopback(url: str) -> None:
     """Refuse to aim load at anything but this machine, unless told to."""
     host = urlsplit(url).hostname or ""
     port = urlsplit(url).port or 443
-    for *_, address in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP):
+    try:
+        addresses = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError as error:
+        raise SystemExit(f"cannot resolve {host}: {error}") from error
+    for *_, address in addresses:
         if not ipaddress.ip_address(address[0]).is_loopback:
             raise SystemExit(f"{host} resolves to {address[0]}, not loopback (--allow-remote)")
 

@@ -272,24 +272,27 @@ def run_generator(
 
 def measure(
     name: str, bench: Bench, clients: int, repeat: int, opts: argparse.Namespace
-) -> dict[str, Any] | None:
-    """One server at one client count, on a fresh server; a stalled run is tried again."""
-    figures = None
+) -> list[dict[str, Any]]:
+    """One server at one client count on a fresh server; a stalled run is tried again."""
+    attempts: list[dict[str, Any]] = []
     for attempt in range(1 + opts.stall_retries):
         run_dir = bench.work / f"{name}-{clients}-{repeat}-{attempt}"
-        run_dir.mkdir()
+        run_dir.mkdir(exist_ok=True)
         load = os.getloadavg()[0]
         print(f"== {name}, {clients} client(s), run {repeat + 1}, attempt {attempt + 1}, "
               f"load average {load:.2f}", flush=True)  # fmt: skip
         with SERVERS[name](bench, run_dir) as target:
             figures = run_generator(target, bench, clients, opts)
-        if figures is not None and not figures["stalled"]:
-            break
-        print("  no figures or stalled; restarting the server", flush=True)
-    if figures is not None:
+        if figures is None:
+            print("  no figures; restarting the server", flush=True)
+            continue
         figures["server_name"] = name
         figures["load_average_before"] = round(load, 2)
-    return figures
+        attempts.append(figures)
+        if not figures["stalled"]:
+            break
+        print("  stalled; restarting the server", flush=True)
+    return attempts
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per server and count")
     parser.add_argument("--stall-retries", type=int, default=1, help="fresh tries after a stall")
     parser.add_argument("--json", action="store_true", help="print all figures as JSON at the end")
+    parser.add_argument("--keep", metavar="DIR", help="keep configs and server logs in DIR")
     opts = parser.parse_args(argv)
     names = [n for n in opts.servers.split(",") if n]
     unknown = [n for n in names if n not in SERVERS]
@@ -334,15 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {python}")
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="acme-bench-") as scratch:
-        bench = Bench(Path(scratch))
+        bench = Bench(Path(opts.keep or scratch))
+        bench.work.mkdir(parents=True, exist_ok=True)
         bench.dns_port = bench.free_port(udp_too=True)
         bench.http01_port = bench.free_port()
         with dns_stub(bench):
             for name in names:
                 try:
                     for clients, repeat in itertools.product(counts, range(opts.repeat)):
-                        figures = measure(name, bench, clients, repeat, opts)
-                        results.extend([figures] if figures else [])
+                        results += measure(name, bench, clients, repeat, opts)
                 except ServerUnavailable as reason:
                     print(f"== {name}: skipped: {reason}", flush=True)
 
