@@ -41,6 +41,8 @@ class StoreSettings:
     admin_dsn: str = ""
     pool_min: int = 1
     pool_max: int = 10
+    secrets_file: str = ""
+    dedicated_pool_max: int = 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class KeystoreSettings:
     backend: str = "file"
     module: str = ""
     kek_file: str = ""
+    pin_file: str = ""
+    so_pin_file: str = ""
+    token_prefix: str = "acme-mt:"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.live import Http01Responder, LiveServer, free_port, running_server
+from tests.support.postgres import own_cluster, postgres_cluster  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

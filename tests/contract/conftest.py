@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
 import pytest
 
+from acme_mt.config import StoreSettings
 from acme_mt.storage.base import StoreBackend, TenantStore
+from acme_mt.storage.postgres import PostgresBackend
 from acme_mt.storage.sqlite import TENANT_FILE, SqliteBackend
+from tests.support.postgres import run_async, session_cluster
 
 
 class StorageUnderTest(Protocol):
@@ -45,8 +49,39 @@ class SqliteStorage:
         conn.close()
 
 
+class PostgresStorage:
+    """A database of its own on the session's PostgreSQL, served through the managed roles."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.cluster = session_cluster()
+        self.dsn = self.cluster.fresh_database("contract")
+
+    def new_backend(self) -> StoreBackend:
+        settings = StoreSettings(
+            backend="postgres", dsn=self.dsn, secrets_file=str(self.cluster.secrets_file)
+        )
+        return PostgresBackend(settings, self.data_dir)
+
+    def edit_audit_data(self, slug: str, seq: int, data: str) -> None:
+        async def edit() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                schema = await conn.fetchval(
+                    "SELECT schema_name FROM acme_mt.tenant_stores WHERE slug = $1", slug
+                )
+                await conn.execute(
+                    f'UPDATE "{schema}".audit SET data = $1 WHERE seq = $2', data, seq
+                )
+            finally:
+                await conn.close()
+
+        run_async(edit)
+
+
 BACKENDS: dict[str, Callable[[Path], StorageUnderTest]] = {
     "sqlite": SqliteStorage,
+    "postgres": PostgresStorage,
 }
 
 

@@ -1,0 +1,205 @@
+"""Transactions bound to one tenant on a shared asyncpg pool, and PostgreSQL's errors as ours.
+
+Every store call is one transaction that opens with the tenant's context:
+``acme_mt.tenant_id`` (which the row-level security policies compare with each
+row's ``tenant_id``) and a ``search_path`` of the tenant's schema, both set with
+``set_config(..., true)`` so they end with the transaction and never leak to the
+next user of the pooled connection. The ``BEGIN`` and the context travel in one
+round trip. A connection that turns out dead on that first round trip is
+swapped for a fresh one, since nothing ran yet.
+
+A server that is down, restarting or out of connections becomes
+``TenantUnavailable`` (503 with a retry hint); the pool reconnects by itself
+once the server is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from acme_mt.errors import Conflict, StoreError, TenantUnavailable
+from acme_mt.storage.postgres_roles import quote_ident, quote_literal
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn: TypeAlias = asyncpg.Connection
+
+ACQUIRE_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+
+#: Tenant ids become schema names; they come from onboarding, never from a request.
+_TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+
+#: Failures of the server or the link to it, not of the statement: answer 503.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+#: A pooled connection that died while idle shows one of these on its first use.
+DEAD_CONNECTION = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
+
+
+class NothingChanged(Exception):
+    """Raised inside a write to roll it back (audit included) and return ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+class StoreConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection that skips asyncpg's reset round trip on release.
+
+    Everything the store sets is transaction-local and it takes no session
+    advisory locks on pooled connections, so there is nothing to reset.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+def schema_for(tenant_id: str) -> str:
+    """The schema of a tenant: ``tenant_`` and its id, folded to a plain identifier.
+
+    :raises StoreError: the id could not have come from onboarding.
+    """
+    if not _TENANT_ID.match(tenant_id):
+        raise StoreError("invalid tenant id")
+    return "tenant_" + tenant_id.lower().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where one tenant's rows live: a pool, a schema, and the id the policies expect."""
+
+    tenant_id: str
+    schema: str
+    pool: asyncpg.Pool
+    #: The dedicated database (a DSN without credentials), or None for the shared one.
+    database_dsn: str | None = None
+
+    @property
+    def context_statement(self) -> str:
+        """Sets the tenant's context for the rest of the transaction (literals checked)."""
+        return (
+            "SELECT set_config('acme_mt.tenant_id', "
+            f"{quote_literal(self.tenant_id)}, true), set_config('search_path', "
+            f"{quote_literal(quote_ident(self.schema))}, true)"
+        )
+
+    @property
+    def context_sql(self) -> str:
+        """Opens a transaction in the tenant's context, in one round trip."""
+        return "BEGIN; " + self.context_statement
+
+
+@contextlib.contextmanager
+def translated_errors(what: str) -> Any:
+    """Turn asyncpg's exceptions into the store's domain errors."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict("a record with this key exists already") from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise StoreError("the change breaks a rule of the store") from exc
+    except asyncpg.InsufficientPrivilegeError as exc:
+        logger.warning("%s: permission denied: %s", what, exc)
+        raise StoreError("the store refused the change") from exc
+    except UNAVAILABLE as exc:
+        logger.warning("%s: PostgreSQL unavailable: %s", what, type(exc).__name__)
+        raise TenantUnavailable() from exc
+    except asyncpg.PostgresError as exc:
+        logger.error("%s: PostgreSQL error %s", what, exc.sqlstate)
+        raise StoreError("the store failed") from exc
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool, opening: str) -> AsyncIterator[Conn]:
+    """A pooled connection whose ``opening`` statement has run, retried once on a dead one."""
+    for attempt in (1, 2):
+        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        try:
+            try:
+                await conn.execute(opening)
+            except DEAD_CONNECTION:
+                if attempt == 2:
+                    raise
+                conn.terminate()
+                continue
+            yield conn
+            return
+        finally:
+            await pool.release(conn)
+
+
+async def run_script(pool: asyncpg.Pool, script: str) -> str:
+    """Run statements with literal values in one round trip; the last command's status.
+
+    Retried once on a connection that died while idle in the pool.
+    """
+    for attempt in (1, 2):
+        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        try:
+            return str(await conn.execute(script))
+        except DEAD_CONNECTION:
+            if attempt == 2:
+                raise
+            conn.terminate()
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+async def in_transaction(
+    binding: Binding, body: Callable[[Conn], Awaitable[T]], what: str = "store"
+) -> T:
+    """Run ``body`` in one transaction in the tenant's context.
+
+    ``NothingChanged`` rolls the transaction back and returns its result; any
+    other exception rolls back and propagates, translated by ``translated_errors``.
+    """
+    with translated_errors(what):
+        async with connection(binding.pool, binding.context_sql) as conn:
+            try:
+                result = await body(conn)
+            except NothingChanged as unchanged:
+                await _rollback(conn)
+                return unchanged.result  # type: ignore[no-any-return]
+            except BaseException:
+                await _rollback(conn)
+                raise
+            await conn.execute("COMMIT")
+            return result
+
+
+async def _rollback(conn: Conn) -> None:
+    if conn.is_closed():
+        return
+    with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+        await conn.execute("ROLLBACK")
+
+
+def row_count(status: str) -> int:
+    """The count at the end of a command status such as ``UPDATE 3``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def require_changed(status: str, what: str) -> None:
+    """Fail an update that matched no row, so the caller's transaction rolls back."""
+    if row_count(status) == 0:
+        raise StoreError(f"no such {what}")

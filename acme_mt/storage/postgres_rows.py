@@ -1,0 +1,375 @@
+"""How the PostgreSQL stores turn models into rows and rows back into models.
+
+Times are ``timestamptz`` and come back as timezone-aware UTC datetimes; JSON
+columns are ``jsonb`` written as compact text, except the audit chain's
+``json``, which keeps the exact text that was hashed; serials are lowercase hex.
+Each ``insert_*`` helper runs inside the caller's transaction, where the
+``tenant_id`` column takes the transaction's tenant by default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from acme_mt.audit import chain_hash
+from acme_mt.models import (
+    Account,
+    AuditEntry,
+    Authorization,
+    CertificateRecord,
+    CertificateStatus,
+    Challenge,
+    EabKey,
+    EabPolicy,
+    Identifier,
+    Order,
+    utcnow,
+)
+from acme_mt.storage.base import AuditRecord, EstCredential, TenantRecord
+from acme_mt.storage.postgres_db import require_changed
+
+Conn: TypeAlias = asyncpg.Connection
+Row: TypeAlias = asyncpg.Record
+
+ACCOUNT_COLUMNS = "id, thumbprint, jwk, status, contact, created, eab_kid"
+ORDER_COLUMNS = (
+    "id, account_id, status, identifiers, expires, created, not_before, not_after, error,"
+    " certificate_serial, profile, replaces"
+)
+AUTHORIZATION_COLUMNS = (
+    "id, account_id, identifier_type, identifier_value, wildcard, status, expires, created"
+)
+CHALLENGE_COLUMNS = "id, authorization_id, type, token, status, validated, error"
+CERTIFICATE_COLUMNS = (
+    "serial, account_id, order_id, status, not_before, not_after, created, der, revoked_at,"
+    " revocation_reason, shard, channel"
+)
+EAB_COLUMNS = "kid, hmac_key, created, account_id, revoked, policy"
+EST_COLUMNS = "id, username, password_hash, created, revoked_at"
+AUDIT_COLUMNS = "seq, time, event, actor, data, prev_hash, hash"
+TENANT_COLUMNS = "id, slug, status, policy, ca_certificate_pem, ca_key_label, created, model, tier"
+
+
+def aware(moment: datetime) -> datetime:
+    """:raises ValueError: the time is naive, so its instant is unknown."""
+    if moment.tzinfo is None:
+        raise ValueError("the store keeps timezone-aware times only")
+    return moment
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON text with sorted keys, as the audit chain hashes it."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def to_json_or_none(value: Any) -> str | None:
+    return None if value is None else to_json(value)
+
+
+def from_json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def account_from_row(row: Row) -> Account:
+    return Account(
+        id=row["id"],
+        jwk=json.loads(row["jwk"]),
+        thumbprint=row["thumbprint"],
+        status=row["status"],
+        contact=tuple(json.loads(row["contact"])),
+        created=row["created"],
+        eab_kid=row["eab_kid"],
+    )
+
+
+def account_values(account: Account) -> tuple[Any, ...]:
+    """The values of ``ACCOUNT_COLUMNS``, in order."""
+    return (
+        account.id,
+        account.thumbprint,
+        to_json(account.jwk),
+        account.status,
+        to_json(list(account.contact)),
+        aware(account.created),
+        account.eab_kid,
+    )
+
+
+def eab_key_from_row(row: Row) -> EabKey:
+    return EabKey(
+        kid=row["kid"],
+        hmac_key=bytes(row["hmac_key"]),
+        created=row["created"],
+        account_id=row["account_id"],
+        revoked=row["revoked"],
+        policy=EabPolicy.from_json(from_json_or_none(row["policy"])),
+    )
+
+
+def eab_key_values(key: EabKey) -> tuple[Any, ...]:
+    """The values of ``EAB_COLUMNS``, in order."""
+    return (
+        key.kid,
+        key.hmac_key,
+        aware(key.created),
+        key.account_id,
+        key.revoked,
+        to_json(key.policy.to_json()),
+    )
+
+
+def est_credential_from_row(row: Row) -> EstCredential:
+    return EstCredential(
+        id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        created=row["created"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def order_values(order: Order) -> tuple[Any, ...]:
+    """The values of ``ORDER_COLUMNS``; the authorization links live in their own table."""
+    serial = order.certificate_serial
+    return (
+        order.id,
+        order.account_id,
+        order.status,
+        to_json([i.to_json() for i in order.identifiers]),
+        aware(order.expires),
+        aware(order.created),
+        order.not_before,
+        order.not_after,
+        to_json_or_none(order.error),
+        None if serial is None else serial.lower(),
+        order.profile,
+        order.replaces,
+    )
+
+
+def order_from_rows(row: Row, links: Sequence[Row]) -> Order:
+    """An order from its row and its authorization links in position order."""
+    return Order(
+        id=row["id"],
+        account_id=row["account_id"],
+        status=row["status"],
+        identifiers=tuple(
+            Identifier(i["type"], i["value"]) for i in json.loads(row["identifiers"])
+        ),
+        authorization_ids=tuple(link["authorization_id"] for link in links),
+        expires=row["expires"],
+        created=row["created"],
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        error=from_json_or_none(row["error"]),
+        certificate_serial=row["certificate_serial"],
+        profile=row["profile"],
+        replaces=row["replaces"],
+    )
+
+
+async def update_order_row(conn: Conn, order: Order) -> None:
+    """Store an order's mutable columns; its identifiers and links never change."""
+    serial = order.certificate_serial
+    status = await conn.execute(
+        "UPDATE orders SET status = $2, expires = $3, not_before = $4, not_after = $5,"
+        " error = $6, certificate_serial = $7, profile = $8, replaces = $9 WHERE id = $1",
+        order.id,
+        order.status,
+        aware(order.expires),
+        order.not_before,
+        order.not_after,
+        to_json_or_none(order.error),
+        None if serial is None else serial.lower(),
+        order.profile,
+        order.replaces,
+    )
+    require_changed(status, "order")
+
+
+def challenge_from_row(row: Row) -> Challenge:
+    return Challenge(
+        id=row["id"],
+        authorization_id=row["authorization_id"],
+        type=row["type"],
+        token=row["token"],
+        status=row["status"],
+        validated=row["validated"],
+        error=from_json_or_none(row["error"]),
+    )
+
+
+def authorization_from_rows(row: Row, challenges: Sequence[Row]) -> Authorization:
+    """An authorization from its row and its challenges in position order."""
+    return Authorization(
+        id=row["id"],
+        account_id=row["account_id"],
+        identifier=Identifier(row["identifier_type"], row["identifier_value"]),
+        status=row["status"],
+        expires=row["expires"],
+        wildcard=row["wildcard"],
+        challenges=tuple(challenge_from_row(c) for c in challenges),
+        created=row["created"],
+    )
+
+
+async def insert_authorization(conn: Conn, authorization: Authorization) -> None:
+    """Insert an authorization and its challenges, keeping the challenges' order."""
+    await conn.execute(
+        f"INSERT INTO authorizations ({AUTHORIZATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6,"
+        " $7, $8)",
+        authorization.id,
+        authorization.account_id,
+        authorization.identifier.type,
+        authorization.identifier.value,
+        authorization.wildcard,
+        authorization.status,
+        aware(authorization.expires),
+        aware(authorization.created),
+    )
+    if authorization.challenges:
+        await conn.executemany(
+            "INSERT INTO challenges (id, authorization_id, position, type, token, status,"
+            " validated, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [
+                (
+                    c.id,
+                    c.authorization_id,
+                    position,
+                    c.type,
+                    c.token,
+                    c.status,
+                    c.validated,
+                    to_json_or_none(c.error),
+                )
+                for position, c in enumerate(authorization.challenges)
+            ],
+        )
+
+
+async def authorization_with_challenges(conn: Conn, row: Row) -> Authorization:
+    """Complete an authorization row with its challenges, in their order."""
+    challenges = await conn.fetch(
+        f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE authorization_id = $1 ORDER BY position",
+        row["id"],
+    )
+    return authorization_from_rows(row, challenges)
+
+
+def certificate_from_row(row: Row) -> CertificateRecord:
+    der = row["der"]
+    return CertificateRecord(
+        serial=row["serial"],
+        account_id=row["account_id"],
+        order_id=row["order_id"],
+        status=row["status"],
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        created=row["created"],
+        der=None if der is None else bytes(der),
+        revoked_at=row["revoked_at"],
+        revocation_reason=row["revocation_reason"],
+        shard=row["shard"],
+        channel=row["channel"],
+    )
+
+
+async def insert_pending_certificate(
+    conn: Conn, certificate: CertificateRecord, instance: int
+) -> None:
+    """Record a serial before it is signed, naming the process that will sign it."""
+    await conn.execute(
+        "INSERT INTO certificates (serial, account_id, order_id, status, not_before, not_after,"
+        " created, shard, channel, issuer_instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+        " $9, $10)",
+        certificate.serial.lower(),
+        certificate.account_id,
+        certificate.order_id,
+        CertificateStatus.PENDING,
+        aware(certificate.not_before),
+        aware(certificate.not_after),
+        aware(certificate.created),
+        certificate.shard,
+        certificate.channel,
+        instance,
+    )
+
+
+def audit_from_row(row: Row) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        time=row["time"],
+        event=row["event"],
+        actor=row["actor"],
+        data=json.loads(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+async def append_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
+    """Chain ``entries`` after the tenant's last record, inside the caller's transaction.
+
+    Locking the chain head queues concurrent appends of this tenant, from any
+    process, in one order.
+    """
+    if not entries:
+        return
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
+    if head is None:
+        raise ValueError("the tenant's audit chain has no head row")
+    seq, prev_hash = head["seq"], head["hash"]
+    moment = utcnow()
+    rows = []
+    for entry in entries:
+        seq += 1
+        # Hash exactly what a reader will get back from the json column.
+        text = to_json(entry.data)
+        digest = chain_hash(prev_hash, seq, moment, entry.event, entry.actor, json.loads(text))
+        rows.append((seq, entry.event, entry.actor, text, prev_hash, digest))
+        prev_hash = digest
+    await conn.execute(
+        "WITH added AS (INSERT INTO audit (seq, time, event, actor, data, prev_hash, hash)"
+        " SELECT r.seq, $1, r.event, r.actor, r.data::json, r.prev_hash, r.hash"
+        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
+        " AS r (seq, event, actor, data, prev_hash, hash))"
+        " UPDATE audit_head SET seq = $8, hash = $9",
+        moment,
+        *(list(column) for column in zip(*rows, strict=True)),
+        seq,
+        prev_hash,
+    )
+
+
+def tenant_from_row(row: Row) -> TenantRecord:
+    return TenantRecord(
+        id=row["id"],
+        slug=row["slug"],
+        status=row["status"],
+        policy=json.loads(row["policy"]),
+        ca_certificate_pem=row["ca_certificate_pem"],
+        ca_key_label=row["ca_key_label"],
+        created=row["created"],
+        model=row["model"],
+        tier=row["tier"],
+    )
+
+
+def tenant_values(tenant: TenantRecord) -> tuple[Any, ...]:
+    """The values of ``TENANT_COLUMNS``, in order."""
+    return (
+        tenant.id,
+        tenant.slug,
+        tenant.status,
+        to_json(tenant.policy),
+        tenant.ca_certificate_pem,
+        tenant.ca_key_label,
+        aware(tenant.created),
+        tenant.model,
+        tenant.tier,
+    )

@@ -1,0 +1,399 @@
+"""One tenant's ACME state (RFC 8555 §7.1) in its PostgreSQL schema.
+
+Implements ``TenantStore`` from ``acme_mt.storage.base`` exactly as the SQLite
+store does (the contract suite runs on both). The object is thin: a binding
+(pool, schema, tenant id) shared with nothing but its tenant's nonces, so a
+thousand tenants cost a thousand small objects and no connections of their
+own. Every call is one transaction in the tenant's row-level security context
+(``acme_mt.storage.postgres_db``); writes append the caller's audit entries to
+the tenant's chain in that same transaction, and a write that changes nothing
+appends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from acme_mt.errors import StoreError
+from acme_mt.models import (
+    AuditEntry,
+    Authorization,
+    CertificateRecord,
+    Challenge,
+    Identifier,
+    Order,
+    utcnow,
+)
+from acme_mt.storage.base import OcspSignerRecord
+from acme_mt.storage.postgres_accounts import TenantStoreBase
+from acme_mt.storage.postgres_db import (
+    Conn,
+    NothingChanged,
+    require_changed,
+    row_count,
+)
+from acme_mt.storage.postgres_rows import (
+    AUTHORIZATION_COLUMNS,
+    CERTIFICATE_COLUMNS,
+    CHALLENGE_COLUMNS,
+    ORDER_COLUMNS,
+    append_audit,
+    authorization_with_challenges,
+    aware,
+    certificate_from_row,
+    challenge_from_row,
+    insert_authorization,
+    insert_pending_certificate,
+    order_from_rows,
+    order_values,
+    to_json_or_none,
+    update_order_row,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PostgresTenantStore(TenantStoreBase):
+    """The store of one tenant, bound to its schema: no call reaches another tenant."""
+
+    # Orders, authorizations and challenges (RFC 8555 §7.1.3 to §7.1.6).
+
+    async def get_order(self, order_id: str) -> Order | None:
+        async def body(conn: Conn) -> Order | None:
+            row = await conn.fetchrow(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
+            if row is None:
+                return None
+            links = await conn.fetch(
+                "SELECT authorization_id FROM order_authorizations WHERE order_id = $1"
+                " ORDER BY position",
+                order_id,
+            )
+            return order_from_rows(row, links)
+
+        return await self._run(body)
+
+    async def find_order_replacing(self, cert_id: str) -> Order | None:
+        """The newest order that is not invalid and names ``cert_id`` in ``replaces``."""
+        order_id = await self._run(
+            lambda conn: conn.fetchval(
+                "SELECT id FROM orders WHERE replaces = $1 AND status <> 'invalid'"
+                " ORDER BY created DESC, seq DESC LIMIT 1",
+                cert_id,
+            )
+        )
+        return None if order_id is None else await self.get_order(order_id)
+
+    async def list_order_ids(self, account_id: str, limit: int, offset: int) -> list[str]:
+        """The account's order ids, newest first (RFC 8555 §7.1.2.1)."""
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT id FROM orders WHERE account_id = $1"
+                " ORDER BY created DESC, seq DESC LIMIT $2 OFFSET $3",
+                account_id,
+                limit,
+                offset,
+            )
+        )
+        return [row["id"] for row in rows]
+
+    async def create_order(
+        self,
+        order: Order,
+        new_authorizations: Sequence[Authorization],
+        audit: Sequence[AuditEntry] = (),
+    ) -> None:
+        """Insert an order, its new authorizations and its links, in the order's sequence.
+
+        :raises acme_mt.errors.StoreError: a linked authorization is missing or
+            belongs to another account.
+        """
+
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+                " $9, $10, $11, $12)",
+                *order_values(order),
+            )
+            for authorization in new_authorizations:
+                await insert_authorization(conn, authorization)
+            linked = await conn.execute(
+                "INSERT INTO order_authorizations (order_id, authorization_id, position)"
+                " SELECT $1, a.id, link.position - 1 FROM unnest($2::text[])"
+                " WITH ORDINALITY AS link (id, position)"
+                " JOIN authorizations a ON a.id = link.id AND a.account_id = $3",
+                order.id,
+                list(order.authorization_ids),
+                order.account_id,
+            )
+            if row_count(linked) != len(order.authorization_ids):
+                raise StoreError("an order may link only its account's authorizations")
+
+        await self._write(body, audit)
+
+    async def update_order(self, order: Order, audit: Sequence[AuditEntry] = ()) -> None:
+        await self._write(lambda conn: update_order_row(conn, order), audit)
+
+    async def get_authorization(self, authorization_id: str) -> Authorization | None:
+        async def body(conn: Conn) -> Authorization | None:
+            row = await conn.fetchrow(
+                f"SELECT {AUTHORIZATION_COLUMNS} FROM authorizations WHERE id = $1",
+                authorization_id,
+            )
+            return None if row is None else await authorization_with_challenges(conn, row)
+
+        return await self._run(body)
+
+    async def get_challenge(self, challenge_id: str) -> Challenge | None:
+        query = f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE id = $1"
+        row = await self._run(lambda conn: conn.fetchrow(query, challenge_id))
+        return None if row is None else challenge_from_row(row)
+
+    async def find_reusable_authorization(
+        self, account_id: str, identifier: Identifier, wildcard: bool, now: datetime
+    ) -> Authorization | None:
+        """The newest valid, unexpired authorization of this account for this identifier."""
+
+        async def body(conn: Conn) -> Authorization | None:
+            row = await conn.fetchrow(
+                f"SELECT {AUTHORIZATION_COLUMNS} FROM authorizations WHERE account_id = $1"
+                " AND identifier_type = $2 AND identifier_value = $3 AND wildcard = $4"
+                " AND status = 'valid' AND expires > $5 ORDER BY created DESC, seq DESC LIMIT 1",
+                account_id,
+                identifier.type,
+                identifier.value,
+                wildcard,
+                aware(now),
+            )
+            return None if row is None else await authorization_with_challenges(conn, row)
+
+        return await self._run(body)
+
+    async def create_authorization(
+        self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Insert an authorization and its challenges outside any order (RFC 8555 §7.4.1)."""
+        await self._write(lambda conn: insert_authorization(conn, authorization), audit)
+
+    async def update_authorization(
+        self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Store an authorization's status and expiry and the state of each challenge."""
+
+        async def body(conn: Conn) -> None:
+            result = await conn.execute(
+                "UPDATE authorizations SET status = $2, expires = $3 WHERE id = $1",
+                authorization.id,
+                authorization.status,
+                aware(authorization.expires),
+            )
+            require_changed(result, "authorization")
+            challenges = authorization.challenges
+            if not challenges:
+                return
+            result = await conn.execute(
+                "UPDATE challenges c SET status = u.status, validated = u.validated,"
+                " error = u.error::jsonb FROM unnest($2::text[], $3::text[],"
+                " $4::timestamptz[], $5::text[]) AS u (id, status, validated, error)"
+                " WHERE c.id = u.id AND c.authorization_id = $1",
+                authorization.id,
+                [c.id for c in challenges],
+                [c.status for c in challenges],
+                [c.validated for c in challenges],
+                [to_json_or_none(c.error) for c in challenges],
+            )
+            if row_count(result) != len(challenges):
+                raise StoreError("no such challenge")
+
+        await self._write(body, audit)
+
+    # Certificates (RFC 8555 §7.4.2 and §7.6, RFC 7030 §4.2).
+
+    async def get_certificate(self, serial: str) -> CertificateRecord | None:
+        query = f"SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
+        row = await self._run(lambda conn: conn.fetchrow(query, serial.lower()))
+        return None if row is None else certificate_from_row(row)
+
+    async def list_revoked_certificates(self, shard: int | None) -> list[CertificateRecord]:
+        """Revoked certificates not yet expired, by serial; the records carry no DER."""
+        columns = CERTIFICATE_COLUMNS.replace("der,", "NULL::bytea AS der,")
+        query = (
+            f"SELECT {columns} FROM certificates WHERE status = 'revoked' AND not_after > $1"
+            " AND ($2::integer IS NULL OR shard = $2) ORDER BY serial"
+        )
+        rows = await self._run(lambda conn: conn.fetch(query, utcnow(), shard))
+        return [certificate_from_row(row) for row in rows]
+
+    async def list_certificates(self, after_serial: str, limit: int) -> list[CertificateRecord]:
+        """Valid and revoked certificates by serial text after ``after_serial``, without DER."""
+        columns = CERTIFICATE_COLUMNS.replace("der,", "NULL::bytea AS der,")
+        query = (
+            f"SELECT {columns} FROM certificates WHERE status IN ('valid', 'revoked')"
+            " AND serial > $1 ORDER BY serial LIMIT $2"
+        )
+        rows = await self._run(lambda conn: conn.fetch(query, after_serial.lower(), limit))
+        return [certificate_from_row(row) for row in rows]
+
+    # Delegated OCSP signers (RFC 6960 §4.2.2.2).
+
+    async def get_ocsp_signer(self) -> OcspSignerRecord | None:
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                "SELECT key_label, certificate, not_after, created FROM ocsp_signers"
+                " ORDER BY not_after DESC, created DESC LIMIT 1"
+            )
+        )
+        if row is None:
+            return None
+        return OcspSignerRecord(
+            key_label=row["key_label"],
+            certificate_der=bytes(row["certificate"]),
+            not_after=row["not_after"],
+            created=row["created"],
+        )
+
+    async def save_ocsp_signer(
+        self, signer: OcspSignerRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """:raises acme_mt.errors.Conflict: the key label is saved already."""
+
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO ocsp_signers (key_label, certificate, not_after, created)"
+                " VALUES ($1, $2, $3, $4)",
+                signer.key_label,
+                signer.certificate_der,
+                aware(signer.not_after),
+                aware(signer.created),
+            )
+
+        await self._write(body, audit)
+
+    # Issuance.
+
+    async def begin_issuance(
+        self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """Move a ready order to processing and record its serial as pending, or do nothing."""
+        await self._liveness.hold()
+
+        async def body(conn: Conn) -> bool:
+            result = await conn.execute(
+                "UPDATE orders SET status = 'processing', certificate_serial = $1"
+                " WHERE id = $2 AND status = 'ready'",
+                certificate.serial.lower(),
+                order.id,
+            )
+            if row_count(result) == 0:
+                raise NothingChanged(False)
+            await insert_pending_certificate(conn, certificate, self._liveness.instance)
+            return True
+
+        return await self._write(body, audit)
+
+    async def complete_issuance(
+        self, order: Order | None, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Store the signed DER of a recorded serial, and the order's final state if given.
+
+        :raises acme_mt.errors.StoreError: the serial was never recorded, or is
+            valid or revoked already.
+        """
+
+        async def body(conn: Conn) -> None:
+            result = await conn.execute(
+                "UPDATE certificates SET der = $2, status = 'valid', not_before = $3,"
+                " not_after = $4 WHERE serial = $1 AND status IN ('pending', 'abandoned')",
+                certificate.serial.lower(),
+                certificate.der,
+                aware(certificate.not_before),
+                aware(certificate.not_after),
+            )
+            require_changed(result, "pending certificate")
+            if order is not None:
+                await update_order_row(conn, order)
+
+        await self._write(body, audit)
+
+    async def abandon_issuance(
+        self, order: Order | None, serial: str, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE certificates SET status = 'abandoned'"
+                " WHERE serial = $1 AND status = 'pending'",
+                serial.lower(),
+            )
+            if order is not None:
+                await update_order_row(conn, order)
+
+        await self._write(body, audit)
+
+    async def recover_interrupted_issuance(self) -> int:
+        """Abandon pending serials of dead processes and make their orders ready again.
+
+        Safe while other replicas issue: a serial stays pending while the
+        process that recorded it holds its liveness lock. Returns how many
+        serials were abandoned, audited as ``issuance.recovered``.
+        """
+
+        async def body(conn: Conn) -> int:
+            pending = await conn.fetch(
+                "SELECT serial, issuer_instance FROM certificates WHERE status = 'pending'"
+                " ORDER BY serial FOR UPDATE"
+            )
+            owners = {row["issuer_instance"] for row in pending} - {None}
+            dead = await self._liveness.dead(owners) if owners else set()
+            serials = [
+                row["serial"]
+                for row in pending
+                if row["issuer_instance"] is None or row["issuer_instance"] in dead
+            ]
+            await conn.execute(
+                "UPDATE certificates SET status = 'abandoned' WHERE serial = ANY($1::text[])",
+                serials,
+            )
+            ready = await conn.execute(
+                "UPDATE orders SET status = 'ready', certificate_serial = NULL"
+                " WHERE status = 'processing' AND NOT EXISTS (SELECT 1 FROM certificates c"
+                " WHERE c.serial = orders.certificate_serial AND c.status <> 'abandoned')"
+            )
+            if not serials and row_count(ready) == 0:
+                raise NothingChanged(0)
+            data = {"abandoned_serials": serials, "orders_made_ready": row_count(ready)}
+            await append_audit(conn, [AuditEntry("issuance.recovered", data)])
+            logger.info("abandoned %d interrupted issuances", len(serials))
+            return len(serials)
+
+        return await self._run(body)
+
+    async def insert_certificate(
+        self, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Record a pending serial outside an ACME order; ``complete_issuance`` finishes it.
+
+        :raises acme_mt.errors.Conflict: the serial exists already.
+        """
+        await self._liveness.hold()
+        instance = self._liveness.instance
+        await self._write(
+            lambda conn: insert_pending_certificate(conn, certificate, instance), audit
+        )
+
+    async def revoke_certificate(
+        self, serial: str, reason: int, when: datetime, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        async def body(conn: Conn) -> bool:
+            result = await conn.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = $2,"
+                " revocation_reason = $3 WHERE serial = $1 AND status = 'valid'",
+                serial.lower(),
+                aware(when),
+                reason,
+            )
+            if row_count(result) == 0:
+                raise NothingChanged(False)
+            return True
+
+        return await self._write(body, audit)

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Store issuance cycles per second, PostgreSQL beside SQLite, at 10, 100 and 1,000 tenants.
+
+One cycle is what the registration authority asks of a tenant's store for one
+certificate (RFC 8555 §7.4): ``create_order`` with one new authorization of
+three challenges, ``update_authorization`` to valid, ``update_order`` to ready,
+``begin_issuance`` and ``complete_issuance`` with a 1 KB DER, each write with
+the audit entry the authority appends. Workers run cycles concurrently, each on
+a tenant picked at random among those onboarded, so the figures at 1,000
+tenants show what spreading the same load over many tenants costs.
+
+Tenants are onboarded in full (key partition, CA certificate, store, registry
+row) through ``acme_mt.tenancy.lifecycle``. With ``--memory`` the benchmark
+then starts ``acme-mt serve`` on the same data, fetches every tenant's ACME
+directory once so each tenant's context is loaded, and reads the server's
+resident memory.
+
+PostgreSQL runs in a throwaway cluster on disk with its durable defaults
+(``--dsn`` names another); SQLite runs in a temporary data directory.
+Figures only; nothing passes or fails.
+
+    bench/store_compare.py --tenants 10,100,1000 --cycles 400 --workers 8 --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from acme_mt.backends import open_keystore, open_store_backend  # noqa: E402
+from acme_mt.config import Settings, load_settings  # noqa: E402
+from acme_mt.models import (  # noqa: E402
+    Account,
+    AuditEntry,
+    Authorization,
+    CertificateRecord,
+    Challenge,
+    Identifier,
+    Order,
+    utcnow,
+)
+from acme_mt.storage.base import TenantStore  # noqa: E402
+from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant  # noqa: E402
+from tests.support.live import free_port  # noqa: E402
+from tests.support.postgres import start_throwaway_cluster  # noqa: E402
+
+MAX_CYCLES = 100_000
+ONBOARD_CONCURRENCY = 4
+DER = secrets.token_bytes(1024)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
+
+
+async def one_cycle(store: TenantStore, account_id: str) -> None:
+    """The store calls of one ACME issuance, with the authority's audit entries."""
+    now = utcnow()
+    base = secrets.token_hex(8)
+    authorization = Authorization(
+        f"az-{base}",
+        account_id,
+        Identifier("dns", f"{base}.bench.test"),
+        "pending",
+        now + timedelta(days=7),
+        False,
+        tuple(
+            Challenge(f"ch-{base}-{kind}", f"az-{base}", kind, secrets.token_urlsafe(32), "pending")
+            for kind in ("http-01", "dns-01", "tls-alpn-01")
+        ),
+    )
+    order = Order(
+        f"or-{base}",
+        account_id,
+        "pending",
+        (authorization.identifier,),
+        (authorization.id,),
+        now + timedelta(days=7),
+        now,
+    )
+    created = AuditEntry("order.created", {"id": order.id})
+    await store.create_order(order, [authorization], [created])
+    http, *others = authorization.challenges
+    valid = replace(
+        authorization,
+        status="valid",
+        challenges=(replace(http, status="valid", validated=now), *others),
+    )
+    await store.update_authorization(valid, [AuditEntry("authorization.valid", {"id": valid.id})])
+    await store.update_order(replace(order, status="ready"))
+    serial = secrets.token_hex(16)
+    record = CertificateRecord(
+        serial, account_id, order.id, "pending", now, now + timedelta(days=90), now
+    )
+    processing = replace(order, status="processing", certificate_serial=serial)
+    if not await store.begin_issuance(processing, record, [AuditEntry("certificate.signing", {})]):
+        raise RuntimeError("begin_issuance refused a ready order")
+    done = replace(processing, status="valid")
+    signed = replace(record, status="valid", der=DER)
+    await store.complete_issuance(done, signed, [AuditEntry("certificate.issued", {})])
+
+
+async def run_cycles(
+    stores: list[tuple[TenantStore, str]], cycles: int, workers: int
+) -> dict[str, float]:
+    """Run ``cycles`` cycles on ``workers`` concurrent tasks; throughput and latency."""
+    latencies: list[float] = []
+    remaining = cycles
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            store, account_id = random.choice(stores)
+            started = time.perf_counter()
+            await one_cycle(store, account_id)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    elapsed = time.perf_counter() - started
+    return {
+        "cycles_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+async def measure_backend(
+    settings: Settings, counts: list[int], cycles: int, workers: int
+) -> list[dict[str, Any]]:
+    """Onboard tenants up to each count and run the cycles over all of them."""
+    stores_backend = open_store_backend(settings)
+    keystore = open_keystore(settings)
+    registry = await stores_backend.open_registry()
+    provider = await ensure_provider(settings, registry, keystore)
+    stores: list[tuple[TenantStore, str]] = []
+    results = []
+    limit = asyncio.Semaphore(ONBOARD_CONCURRENCY)
+
+    async def onboard(index: int) -> tuple[TenantStore, str]:
+        async with limit:
+            slug = f"bench-{index:05d}"
+            record = await onboard_tenant(
+                settings, registry, stores_backend, keystore, provider, slug, {}
+            )
+            store = await stores_backend.open_tenant_store(record.id, slug)
+            account = Account("acct", {"kty": "EC"}, f"tp-{slug}", "valid", (), utcnow())
+            await store.create_account(account)
+            return store, account.id
+
+    try:
+        for count in counts:
+            started = time.perf_counter()
+            stores += await asyncio.gather(*(onboard(i) for i in range(len(stores), count)))
+            onboarded = time.perf_counter() - started
+            figures = await run_cycles(stores, cycles, workers)
+            results.append(
+                {
+                    "backend": settings.store.backend,
+                    "tenants": count,
+                    "onboard_s": round(onboarded, 1),
+                    **figures,
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        for store, _ in stores:
+            await store.close()
+        await registry.close()
+        await stores_backend.close()
+        await keystore.close()
+    return results
+
+
+def server_memory(data_dir: Path, env: dict[str, str], slugs: list[str]) -> dict[str, Any]:
+    """Start ``acme-mt serve``, load every tenant once, and read its resident memory (KiB)."""
+    https_port, http_port = free_port(), free_port()
+    env = {
+        **env,
+        "ACME_MT_SERVER_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
+        "ACME_MT_SERVER_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "ACME_MT_SERVER_HTTPS_URL": f"https://localhost:{https_port}",
+        "ACME_MT_SERVER_HTTP_URL": f"http://localhost:{http_port}",
+    }
+    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - the process owns it
+    command = [sys.executable, "-m", "acme_mt", "serve", "--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        root = wait_for(f"http://127.0.0.1:{http_port}/root.pem")
+        context = __import__("ssl").create_default_context(cadata=root.decode())
+        started_rss = resident_kib(process.pid)
+        for slug in slugs:
+            url = f"https://localhost:{https_port}/{slug}/acme/directory"
+            with urllib.request.urlopen(url, context=context, timeout=30) as reply:
+                reply.read()
+        time.sleep(1)
+        loaded_rss = resident_kib(process.pid)
+        threads = len(os.listdir(f"/proc/{process.pid}/task"))
+    finally:
+        process.terminate()
+        process.wait(30)
+    return {
+        "tenants": len(slugs),
+        "rss_start_mib": round(started_rss / 1024, 1),
+        "rss_all_loaded_mib": round(loaded_rss / 1024, 1),
+        "threads": threads,
+    }
+
+
+def wait_for(url: str) -> bytes:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return bytes(reply.read())
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not answer {url}")
+
+
+def resident_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def environment(backend: str, dsn: str, secrets_file: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_MT_")}
+    env["ACME_MT_STORE_BACKEND"] = backend
+    if backend == "postgres":
+        env["ACME_MT_STORE_DSN"] = dsn
+        env["ACME_MT_STORE_SECRETS_FILE"] = secrets_file
+    return env
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    counts = sorted({int(n) for n in args.tenants.split(",")})
+    cycles = min(args.cycles, MAX_CYCLES)
+    report: dict[str, Any] = {"cycles": cycles, "workers": args.workers, "runs": [], "memory": []}
+    cluster = None
+    if "postgres" in args.backends and not args.dsn:
+        cluster = start_throwaway_cluster(in_memory=False, durable=True)
+    variants = [("sqlite", "")] if "sqlite" in args.backends else []
+    if "postgres" in args.backends:
+        variants += [("postgres", mode) for mode in args.synchronous_commit.split(",")]
+    try:
+        for backend, mode in variants:
+            data_dir = Path(tempfile.mkdtemp(prefix=f"store-bench-{backend}-"))
+            dsn = ""
+            if backend == "postgres":
+                dsn = args.dsn or cluster.fresh_database("bench")  # type: ignore[union-attr]
+                asyncio.run(set_synchronous_commit(dsn, mode))
+            env = environment(backend, dsn, str(data_dir / "store-secrets.json"))
+            settings = load_settings(None, str(data_dir), env)
+            runs = asyncio.run(measure_backend(settings, counts, cycles, args.workers))
+            for figures in runs:
+                figures["synchronous_commit"] = mode or None
+            report["runs"] += runs
+            if args.memory and (backend, mode) == variants[-1 if backend == "postgres" else 0]:
+                slugs = [f"bench-{i:05d}" for i in range(counts[-1])]
+                memory = {"backend": backend, **server_memory(data_dir, env, slugs)}
+                print(json.dumps(memory), flush=True)
+                report["memory"].append(memory)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return report
+
+
+async def set_synchronous_commit(dsn: str, mode: str) -> None:
+    """Set the database's commit durability: ``on`` waits for the WAL flush, ``off`` does not."""
+    import asyncpg
+
+    if mode not in ("on", "off"):
+        raise ValueError("synchronous_commit is on or off here")
+    conn = await asyncpg.connect(dsn)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {mode}')
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--tenants", default="10,100,1000", help="tenant counts, ascending")
+    parser.add_argument("--cycles", type=int, default=400, help="cycles per measurement")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent cycles")
+    parser.add_argument("--dsn", help="a superuser DSN instead of a throwaway cluster")
+    parser.add_argument(
+        "--synchronous-commit", default="on,off", help="PostgreSQL commit modes to measure"
+    )
+    parser.add_argument("--memory", action="store_true", help="measure a server's memory too")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    report = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Tenant isolation in PostgreSQL itself: row-level security seen through the application role.
+
+Each test works on a database of its own with two tenants, ``alpha`` and
+``beta``, holding rows with the same ids. The checks talk raw SQL as
+``acme_mt_app`` (the role the server serves as), with no tenant filter in the
+WHERE clause, so they show what a query that forgets its filter would see.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from acme_mt.config import StoreSettings
+from acme_mt.errors import ConfigError
+from acme_mt.models import Account, AuditEntry, CertificateRecord, utcnow
+from acme_mt.storage.postgres import PostgresBackend
+from acme_mt.storage.postgres_roles import APP_ROLE, OWNER_ROLE
+from acme_mt.storage.postgres_tenant import PostgresTenantStore
+from tests.support.postgres import PostgresCluster
+
+NOW = utcnow()
+
+
+@dataclass
+class TwoTenants:
+    dsn: str
+    cluster: PostgresCluster
+    backend: PostgresBackend
+    alpha: PostgresTenantStore
+    beta: PostgresTenantStore
+
+    async def app_connection(self) -> asyncpg.Connection:
+        """A raw connection as the application role, with no tenant context yet."""
+        stored = json.loads(self.cluster.secrets_file.read_text())
+        return await asyncpg.connect(self.dsn, user=APP_ROLE, password=stored["app_password"])
+
+
+def account(thumbprint: str, contact: str) -> Account:
+    return Account("acct-1", {"kty": "EC"}, thumbprint, "valid", (contact,), NOW)
+
+
+@pytest.fixture
+async def tenants(postgres_cluster: PostgresCluster, tmp_path: Path) -> AsyncIterator[TwoTenants]:
+    dsn = postgres_cluster.fresh_database("isolation")
+    settings = StoreSettings(
+        backend="postgres", dsn=dsn, secrets_file=str(postgres_cluster.secrets_file)
+    )
+    backend = PostgresBackend(settings, tmp_path)
+    alpha = await backend.create_tenant_store("alpha-id", "alpha")
+    beta = await backend.create_tenant_store("beta-id", "beta")
+    for store, name in ((alpha, "alpha"), (beta, "beta")):
+        await store.create_account(
+            account(f"tp-{name}", f"mailto:{name}@example.com"), [AuditEntry(name, {})]
+        )
+        await store.insert_certificate(
+            CertificateRecord("0a", "acct-1", None, "pending", NOW, NOW + timedelta(days=1), NOW)
+        )
+    yield TwoTenants(dsn, postgres_cluster, backend, alpha, beta)
+    await backend.close()
+
+
+async def in_context(conn: asyncpg.Connection, tenant_id: str) -> None:
+    """Open a transaction as the store does: the tenant's id, set locally."""
+    await conn.execute("BEGIN")
+    await conn.execute("SELECT set_config('acme_mt.tenant_id', $1, true)", tenant_id)
+
+
+async def test_app_roles_neither_superuser_nor_bypassrls(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        rows = await conn.fetch(
+            "SELECT rolname, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles"
+            " WHERE rolname = ANY($1::text[]) ORDER BY rolname",
+            [APP_ROLE, OWNER_ROLE],
+        )
+        current = await conn.fetchval("SELECT current_user")
+    finally:
+        await conn.close()
+
+    assert current == APP_ROLE
+    assert [tuple(row) for row in rows] == [
+        (APP_ROLE, False, False, False, False),
+        (OWNER_ROLE, False, False, False, False),
+    ]
+
+
+async def test_select_in_alpha_context_sees_nothing_of_beta(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        await in_context(conn, "alpha-id")
+        beta_accounts = await conn.fetch("SELECT id, contact FROM tenant_beta_id.accounts")
+        beta_certificates = await conn.fetch("SELECT serial FROM tenant_beta_id.certificates")
+        beta_audit = await conn.fetch("SELECT seq FROM tenant_beta_id.audit")
+        own = await conn.fetch("SELECT contact FROM tenant_alpha_id.accounts")
+        await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
+
+    assert (beta_accounts, beta_certificates, beta_audit) == ([], [], [])
+    assert [json.loads(row["contact"]) for row in own] == [["mailto:alpha@example.com"]]
+
+
+async def test_update_and_delete_in_alpha_context_change_nothing_of_beta(
+    tenants: TwoTenants,
+) -> None:
+    beta_nonce = await tenants.backend.nonce_service("beta-id").issue()
+    conn = await tenants.app_connection()
+    try:
+        await in_context(conn, "alpha-id")
+        updated = await conn.execute("UPDATE tenant_beta_id.accounts SET status = 'revoked'")
+        revoked = await conn.execute("UPDATE tenant_beta_id.certificates SET status = 'revoked'")
+        deleted = await conn.execute("DELETE FROM tenant_beta_id.nonces")
+        await conn.execute("COMMIT")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM tenant_beta_id.accounts")
+    finally:
+        await conn.close()
+
+    assert (updated, revoked, deleted) == ("UPDATE 0", "UPDATE 0", "DELETE 0")
+    beta_account = await tenants.beta.get_account("acct-1")
+    assert beta_account == account("tp-beta", "mailto:beta@example.com")
+    certificate = await tenants.beta.get_certificate("0a")
+    assert certificate is not None and certificate.status == "pending"
+    assert await tenants.backend.nonce_service("beta-id").redeem(beta_nonce) is True
+
+
+async def test_insert_into_beta_in_alpha_context_is_refused(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        await in_context(conn, "alpha-id")
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.execute(
+                "INSERT INTO tenant_beta_id.eab_keys (kid, hmac_key, created)"
+                " VALUES ('planted', '\\x00', now())"
+            )
+        await conn.execute("ROLLBACK")
+        await in_context(conn, "alpha-id")
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.execute(
+                "INSERT INTO tenant_beta_id.eab_keys (tenant_id, kid, hmac_key, created)"
+                " VALUES ('beta-id', 'planted', '\\x00', now())"
+            )
+        await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
+
+    assert await tenants.beta.get_eab_key("planted") is None
+
+
+async def test_without_tenant_context_nothing_is_visible_or_writable(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        counts = [
+            await conn.fetchval(f"SELECT count(*) FROM {schema}.{table}")
+            for schema in ("tenant_alpha_id", "tenant_beta_id")
+            for table in ("accounts", "certificates", "audit", "audit_head")
+        ]
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.execute(
+                "INSERT INTO tenant_alpha_id.eab_keys (kid, hmac_key, created)"
+                " VALUES ('planted', '\\x00', now())"
+            )
+    finally:
+        await conn.close()
+
+    assert counts == [0] * 8
+    assert await tenants.alpha.get_eab_key("planted") is None
+
+
+async def test_app_role_cannot_rewrite_the_audit_chain(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        await in_context(conn, "alpha-id")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE tenant_alpha_id.audit SET data = '{}'")
+    finally:
+        await conn.close()
+
+    assert [r.event for r in await tenants.alpha.list_audit()] == ["alpha"]
+
+
+async def test_backend_refuses_to_serve_as_a_superuser(tenants: TwoTenants, tmp_path: Path) -> None:
+    stored = json.loads(tenants.cluster.secrets_file.read_text())
+    owner_dsn = tenants.dsn.replace(
+        tenants.dsn.split("//", 1)[1].split("@", 1)[0],
+        f"{OWNER_ROLE}:{stored['owner_password']}",
+    )
+    settings = StoreSettings(backend="postgres", dsn=tenants.dsn, admin_dsn=owner_dsn)
+    backend = PostgresBackend(settings, tmp_path / "other")
+
+    with pytest.raises(ConfigError, match="superuser or BYPASSRLS"):
+        await backend.open_registry()
+    await backend.close()
+
+
+async def test_store_rows_carry_their_tenant_id(tenants: TwoTenants) -> None:
+    await tenants.alpha.update_account(
+        replace(account("tp-alpha", "mailto:new@example.com"), status="deactivated")
+    )
+    conn = await asyncpg.connect(tenants.dsn)  # the superuser sees past the policies
+    try:
+        owners = await conn.fetch(
+            "SELECT DISTINCT tenant_id FROM tenant_alpha_id.accounts"
+            " UNION SELECT DISTINCT tenant_id FROM tenant_alpha_id.audit"
+        )
+    finally:
+        await conn.close()
+
+    assert [row["tenant_id"] for row in owners] == ["alpha-id"]

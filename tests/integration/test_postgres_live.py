@@ -1,0 +1,274 @@
+"""A live server on the PostgreSQL store: ACME issuance, a crash during finalize, an outage.
+
+The server runs as ``acme-mt serve`` in a subprocess with ``[store] backend =
+"postgres"`` and a superuser DSN, so it makes and serves as its own roles. The
+crash test stops the server the moment a serial is pending signature (SIGSTOP,
+so the moment cannot pass), kills it with SIGKILL and starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import josepy as jose
+import pytest
+from cryptography import x509
+
+from conformance.dns_server import LoopbackDnsServer
+from tests.support.acme import AcmeTestClient, make_csr
+from tests.support.flow import authorize_http01, issue, random_name, wait_status
+from tests.support.live import Http01Responder, LiveServer, free_port, server_env
+from tests.support.postgres import PostgresCluster
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+ORDERS_UNDER_LOAD = 24
+
+
+def postgres_env(dsn: str, secrets_file: Path | None) -> dict[str, str]:
+    env = {"ACME_MT_STORE_BACKEND": "postgres", "ACME_MT_STORE_DSN": dsn}
+    if secrets_file is not None:
+        env["ACME_MT_STORE_SECRETS_FILE"] = str(secrets_file)
+    return env
+
+
+def start_server(
+    data_dir: Path,
+    dns_server: LoopbackDnsServer,
+    responder: Http01Responder,
+    tlsalpn_port: int,
+    extra_env: dict[str, str],
+) -> LiveServer:
+    https_port, http_port = free_port(), free_port()
+    env = server_env(
+        data_dir,
+        https_port,
+        http_port,
+        dns_server.resolver_address,
+        responder.port,
+        tlsalpn_port,
+        extra_env,
+    )
+    server = LiveServer(data_dir, https_port, http_port, env)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def pg_server(
+    postgres_cluster: PostgresCluster,
+    tmp_path: Path,
+    dns_server: LoopbackDnsServer,
+    http01_responder: Http01Responder,
+    tlsalpn_port: int,
+) -> Iterator[tuple[LiveServer, str]]:
+    dsn = postgres_cluster.fresh_database("live")
+    extra = postgres_env(dsn, postgres_cluster.secrets_file)
+    server = start_server(tmp_path, dns_server, http01_responder, tlsalpn_port, extra)
+    try:
+        yield server, dsn
+    finally:
+        server.stop()
+
+
+async def new_client(server: LiveServer, session: aiohttp.ClientSession) -> AcmeTestClient:
+    client = AcmeTestClient(session, server.directory_url("default"), server.ssl_context())
+    await client.load_directory()
+    return client
+
+
+async def tenant_schema(dsn: str, slug: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        schema = await conn.fetchval(
+            "SELECT schema_name FROM acme_mt.tenant_stores WHERE slug = $1", slug
+        )
+    finally:
+        await conn.close()
+    return str(schema)
+
+
+async def test_issue_certificate_on_postgres(
+    pg_server: tuple[LiveServer, str],
+    http_session: aiohttp.ClientSession,
+    http01_responder: Http01Responder,
+) -> None:
+    server, dsn = pg_server
+    client = await new_client(server, http_session)
+    assert (await client.new_account()).status == 201
+    name = random_name()
+
+    _order, _url, chain = await issue(client, http01_responder, [name])
+
+    leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+    serial = format(leaf.serial_number, "x")
+    schema = await tenant_schema(dsn, "default")
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = await conn.fetchrow(
+            f"SELECT status, der FROM {schema}.certificates WHERE serial = $1", serial
+        )
+    finally:
+        await conn.close()
+    assert stored is not None and stored["status"] == "valid"
+    assert x509.load_der_x509_certificate(stored["der"]) == leaf
+    assert not (server.data_dir / "tenants").exists()
+    verified = server.cli_json("audit", "verify", "default")
+    assert verified["ok"] is True and verified["records"] > 0
+
+
+async def prepare_ready_orders(
+    client: AcmeTestClient, responder: Http01Responder, count: int
+) -> list[tuple[str, dict[str, object], str]]:
+    """``count`` ready orders of one name each: (order URL, order, name)."""
+    ready = []
+    for _ in range(count):
+        name = random_name()
+        reply = await client.post(
+            client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": name}]}
+        )
+        assert reply.status == 201, reply.body
+        order = reply.json()
+        for authz_url in order["authorizations"]:
+            await authorize_http01(client, responder, authz_url)
+        assert reply.location is not None
+        ready.append((reply.location, order, name))
+    return ready
+
+
+async def finalize(client: AcmeTestClient, order: dict[str, object], name: str) -> int:
+    csr, _key = make_csr([name])
+    reply = await client.post(str(order["finalize"]), {"csr": jose.b64encode(csr).decode()})
+    return reply.status
+
+
+async def stop_while_pending(server: LiveServer, dsn: str, schema: str, deadline: float) -> bool:
+    """Freeze the server once a serial is pending and, if one still is, kill it (SIGKILL)."""
+    assert server.process is not None
+    pid = server.process.pid
+    loop = asyncio.get_running_loop()
+    conn = await asyncpg.connect(dsn)
+    query = f"SELECT count(*) FROM {schema}.certificates WHERE status = 'pending'"
+    try:
+        while loop.time() < deadline:
+            if await conn.fetchval(query):
+                os.kill(pid, signal.SIGSTOP)
+                if await conn.fetchval(query):
+                    os.kill(pid, signal.SIGKILL)
+                    server.process.wait(10)
+                    return True
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0.001)
+    finally:
+        await conn.close()
+    return False
+
+
+async def test_kill_during_finalize_under_load_then_restart(
+    pg_server: tuple[LiveServer, str],
+    http_session: aiohttp.ClientSession,
+    http01_responder: Http01Responder,
+) -> None:
+    server, dsn = pg_server
+    client = await new_client(server, http_session)
+    assert (await client.new_account()).status == 201
+    orders = await prepare_ready_orders(client, http01_responder, ORDERS_UNDER_LOAD)
+    schema = await tenant_schema(dsn, "default")
+    workers = [
+        AcmeTestClient(
+            http_session, client.directory_url, client.ssl_context, key=client.key, kid=client.kid
+        )
+        for _ in orders
+    ]
+    for worker in workers:
+        worker.directory = client.directory
+
+    deadline = asyncio.get_running_loop().time() + 60
+    watcher = asyncio.create_task(stop_while_pending(server, dsn, schema, deadline))
+    results = await asyncio.gather(
+        *(finalize(w, order, name) for w, (_url, order, name) in zip(workers, orders, strict=True)),
+        return_exceptions=True,
+    )
+    killed = await watcher
+    assert killed, f"no serial was ever seen pending; finalize answers: {results}"
+
+    server.start()
+    restarted = await new_client(server, http_session)
+    conn = await asyncpg.connect(dsn)
+    try:
+        counts = await conn.fetchrow(
+            f"SELECT count(*) FILTER (WHERE status = 'valid' AND der IS NULL) AS valid_without_der,"
+            f" count(*) FILTER (WHERE status = 'abandoned') AS abandoned,"
+            f" count(*) FILTER (WHERE status = 'pending') AS pending FROM {schema}.certificates"
+        )
+    finally:
+        await conn.close()
+    assert dict(counts) == {"valid_without_der": 0, "abandoned": counts["abandoned"], "pending": 0}
+    assert counts["abandoned"] >= 1
+
+    restarted.key, restarted.kid = client.key, client.kid
+    statuses = []
+    for url, _order, name in orders:
+        current = (await restarted.post(url)).json()
+        statuses.append(current["status"])
+        if current["status"] == "ready":
+            assert await finalize(restarted, current, name) == 200
+            current = await wait_status(restarted, url, {"valid", "invalid"})
+        assert current["status"] == "valid", current
+        download = await restarted.post(current["certificate"])
+        assert download.status == 200
+        leaf = x509.load_pem_x509_certificates(download.body)[0]
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [name]
+    assert "processing" not in statuses
+    assert statuses.count("ready") >= 1
+    assert server.cli_json("audit", "verify", "default")["ok"] is True
+
+
+async def test_postgres_down_answers_503_and_recovers(
+    own_cluster: PostgresCluster,
+    tmp_path: Path,
+    dns_server: LoopbackDnsServer,
+    http01_responder: Http01Responder,
+    tlsalpn_port: int,
+    http_session: aiohttp.ClientSession,
+) -> None:
+    extra = postgres_env(own_cluster.dsn, None)
+    server = start_server(tmp_path, dns_server, http01_responder, tlsalpn_port, extra)
+    try:
+        client = await new_client(server, http_session)
+        assert (await client.new_account()).status == 201
+        order_request = {"identifiers": [{"type": "dns", "value": random_name()}]}
+
+        own_cluster.stop("immediate")
+        down = await client.post(client.directory["newOrder"], order_request)
+        own_cluster.start()
+        recovered = None
+        for _ in range(50):
+            recovered = await client.post(client.directory["newOrder"], order_request)
+            if recovered.status != 503:
+                break
+            await asyncio.sleep(0.2)
+        _order, _url, chain = await issue(client, http01_responder, [random_name()])
+        assert server.process is not None
+        never_restarted = server.process.poll() is None
+    finally:
+        server.stop()
+
+    assert down.status == 503
+    assert down.headers["Content-Type"].startswith("application/problem+json")
+    assert down.json() == {
+        "type": "urn:ietf:params:acme:error:serverInternal",
+        "detail": "The service is temporarily unavailable",
+        "status": 503,
+    }
+    assert down.headers["Retry-After"] == "5"
+    assert recovered is not None and recovered.status == 201, recovered
+    assert never_restarted
+    assert "BEGIN CERTIFICATE" in chain
