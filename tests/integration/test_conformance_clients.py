@@ -51,16 +51,29 @@ class ConformanceTarget:
     tlsalpn01_port: int
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def conformance_target(
-    tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDnsServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dns_server: LoopbackDnsServer,
 ) -> Iterator[ConformanceTarget]:
+    """A server on the embedded SQLite store, then one on PostgreSQL."""
     http01_port, tlsalpn01_port = free_port(), free_port()
-    data_dir = tmp_path_factory.mktemp("conformance-data")
+    data_dir = tmp_path_factory.mktemp(f"conformance-{request.param}")
+    extra_env: dict[str, str] = {}
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        extra_env = {
+            "ACME_MT_STORE_BACKEND": "postgres",
+            "ACME_MT_STORE_DSN": cluster.fresh_database("conformance"),
+            "ACME_MT_STORE_SECRETS_FILE": str(cluster.secrets_file),
+        }
     # A generator underneath: close() stops the server even when tenant set-up fails.
     servers = cast(
         Generator[LiveServer, None, None],
-        running_server(data_dir, dns_server.resolver_address, http01_port, tlsalpn01_port),
+        running_server(
+            data_dir, dns_server.resolver_address, http01_port, tlsalpn01_port, extra_env
+        ),
     )
     server = next(servers)
     try:

@@ -158,7 +158,13 @@ class LiveServer:
 
 
 def server_env(
-    data_dir: Path, https_port: int, http_port: int, dns: str, http01_port: int, tlsalpn_port: int
+    data_dir: Path,
+    https_port: int,
+    http_port: int,
+    dns: str,
+    http01_port: int,
+    tlsalpn_port: int,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_MT_")}
     env.update(
@@ -171,15 +177,20 @@ def server_env(
         ACME_MT_VALIDATION_TLSALPN01_PORT=str(tlsalpn_port),
         ACME_MT_VALIDATION_TIMEOUT_SECONDS="5",
     )
+    env.update(extra_env or {})
     return env
 
 
 def running_server(
-    data_dir: Path, dns: str, http01_port: int, tlsalpn_port: int
+    data_dir: Path,
+    dns: str,
+    http01_port: int,
+    tlsalpn_port: int,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[LiveServer]:
     """Start a server, yield it, stop it; the log is printed when start-up fails."""
     https_port, http_port = free_port(), free_port()
-    env = server_env(data_dir, https_port, http_port, dns, http01_port, tlsalpn_port)
+    env = server_env(data_dir, https_port, http_port, dns, http01_port, tlsalpn_port, extra_env)
     server = LiveServer(data_dir, https_port, http_port, env)
     server.start()
     try:
