@@ -11,9 +11,12 @@ by the server.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from acme_mt.issuance import (
     create_tls_certificate,
 )
 from acme_mt.keystores.base import PROVIDER_PARTITION, KeyStore, SigningKey
-from acme_mt.models import utcnow
+from acme_mt.models import AuditEntry, utcnow
 from acme_mt.storage.base import RegistryStore, StoreBackend, TenantRecord
 from acme_mt.tenancy.context import SLUG_PATTERN
 from acme_mt.tenancy.policy import TenantPolicy
@@ -55,7 +58,11 @@ class Provider:
 async def ensure_provider(
     settings: Settings, registry: RegistryStore, keystore: KeyStore
 ) -> Provider:
-    """Load the provider root, creating it on the first start."""
+    """Load the provider root, creating it on the first start.
+
+    Limitation: the provider has no audit chain of its own yet, so the root key's
+    ceremony is only logged; a provider-level chain in the registry would end that.
+    """
     pem = await registry.get_value(ROOT_CERTIFICATE)
     if pem is not None:
         partition = await keystore.open_partition(PROVIDER_PARTITION)
@@ -137,7 +144,10 @@ async def onboard_tenant(
         http_url=settings.server.http_url,
     )
     store = await stores.create_tenant_store(tenant_id, slug)
-    await store.close()
+    try:
+        await store.append_audit((key_ceremony(settings, tenant_id, ca_certificate),))
+    finally:
+        await store.close()
     record = TenantRecord(
         id=tenant_id,
         slug=slug,
@@ -152,6 +162,25 @@ async def onboard_tenant(
     await registry.create_tenant(record)
     logger.info("onboarded tenant %s", slug)
     return record
+
+
+def key_ceremony(settings: Settings, partition: str, certificate: x509.Certificate) -> AuditEntry:
+    """The audit record of a CA key made for a tenant: who, when, which key, which fingerprint."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return AuditEntry(
+        "key.generated",
+        {
+            "keystore": settings.keystore.backend,
+            "partition": partition,
+            "label": CA_LABEL,
+            "spki_sha256": hashlib.sha256(spki).hexdigest(),
+            "certificate_serial": format(certificate.serial_number, "x"),
+            "subject": certificate.subject.rfc4514_string(),
+        },
+        actor=f"provider@{socket.gethostname()}:{os.getpid()}",
+    )
 
 
 async def set_tenant_status(registry: RegistryStore, slug: str, status: str) -> TenantRecord:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from acme_mt.errors import AcmeProblem, NotFound, TenantUnavailable
+from acme_mt.errors import AcmeProblem, KeyStoreError, NotFound, TenantUnavailable
 from acme_mt.log import log_request_event, request_id_var, tenant_var
 from acme_mt.urls import AcmeUrls
 from acme_mt.web.keys import EVENT_KEY, SETTINGS, TENANT_KEY, TENANTS
@@ -55,6 +55,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except TenantUnavailable as exc:
         event["problem"] = "unavailable"
         response = unavailable_response(exc.detail)
+    except KeyStoreError:
+        # A failing token or key file stops this tenant only (503), never the server.
+        logger.exception("key store failure")
+        event["problem"] = "unavailable"
+        response = unavailable_response("The tenant's keys are temporarily unavailable")
     except web.HTTPException as exc:
         response = _render_http_exception(request, exc)
     except Exception:

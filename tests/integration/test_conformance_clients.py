@@ -25,6 +25,7 @@ import pytest
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.live import LiveServer, free_port, running_server
+from tests.support.softhsm import SOFTHSM_MODULE, write_softhsm_conf
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ACME = REPO / "conformance" / "run_acme.sh"
@@ -51,13 +52,13 @@ class ConformanceTarget:
     tlsalpn01_port: int
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "pkcs11"])
 def conformance_target(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     dns_server: LoopbackDnsServer,
 ) -> Iterator[ConformanceTarget]:
-    """A server on the embedded SQLite store, then one on PostgreSQL."""
+    """A server on the embedded defaults, one on PostgreSQL, one with CA keys on SoftHSM2."""
     http01_port, tlsalpn01_port = free_port(), free_port()
     data_dir = tmp_path_factory.mktemp(f"conformance-{request.param}")
     extra_env: dict[str, str] = {}
@@ -67,6 +68,15 @@ def conformance_target(
             "ACME_MT_STORE_BACKEND": "postgres",
             "ACME_MT_STORE_DSN": cluster.fresh_database("conformance"),
             "ACME_MT_STORE_SECRETS_FILE": str(cluster.secrets_file),
+        }
+    if request.param == "pkcs11":
+        if not Path(SOFTHSM_MODULE).exists():
+            pytest.skip("SoftHSM2 is not installed (apt-get install softhsm2)")
+        hsm = write_softhsm_conf(tmp_path_factory.mktemp("conformance-softhsm"))
+        extra_env = {
+            **hsm.env,
+            "ACME_MT_KEYSTORE_BACKEND": "pkcs11",
+            "ACME_MT_KEYSTORE_MODULE": hsm.module,
         }
     # A generator underneath: close() stops the server even when tenant set-up fails.
     servers = cast(
