@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from acme_mt.authority import RegistrationAuthority
-from acme_mt.backends import open_keystore, open_store_backend
+from acme_mt.backends import open_keystore, open_store_backend, shared_nonce_factory
 from acme_mt.config import Settings, split_host_port
 from acme_mt.events import Events
 from acme_mt.keystores.base import KeyStore
@@ -38,6 +39,9 @@ from acme_mt.validation import Validator
 from acme_mt.web.keys import AUTHORITY, SETTINGS, TENANTS
 from acme_mt.web.middleware import request_context
 from acme_mt.web.routes import acme_routes
+from crl import setup_crl
+from est import register_est
+from ocsp import setup_ocsp
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +79,14 @@ async def open_services(settings: Settings, *, bootstrap: bool = True) -> Servic
         await onboard_tenant(
             settings, registry, stores, keystore, provider, DEFAULT_TENANT, {"require_eab": False}
         )
-    tenants = TenantDirectory(settings, registry, stores, keystore, provider.root_certificate)
+    tenants = TenantDirectory(
+        settings,
+        registry,
+        stores,
+        keystore,
+        provider.root_certificate,
+        nonce_factory=shared_nonce_factory(stores),
+    )
     validator = Validator(settings.validation)
     events = Events()
     authority = RegistrationAuthority(
@@ -99,11 +110,23 @@ def _base_app(services: Services) -> web.Application:
     return app
 
 
-def https_app(services: Services) -> web.Application:
-    """ACME (and the root certificate, for clients that bootstrap trust here)."""
+def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> web.Application:
+    """ACME, EST (and the root certificate, for clients that bootstrap trust here).
+
+    With the listener's ``tls_context``, EST keeps its client-certificate trust
+    store holding every tenant CA.
+    """
     app = _base_app(services)
     app.add_routes(acme_routes())
     app.add_routes(public_routes())
+    register_est(
+        app,
+        services.tenants,
+        services.authority.enrollment,
+        registry=services.registry,
+        events=services.events,
+        tls_context=tls_context,
+    )
 
     async def refresh_tenants(_app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(services.tenants.run_refresh())
@@ -120,13 +143,28 @@ def http_app(services: Services) -> web.Application:
     """CA certificates, health and, as they arrive, OCSP and CRLs."""
     app = _base_app(services)
     app.add_routes(public_routes())
+    setup_crl(app, services)
+    setup_ocsp(app, services)
     return app
 
 
-def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+def server_ssl_context(
+    cert_path: Path, key_path: Path, client_root: x509.Certificate | None = None
+) -> ssl.SSLContext:
+    """The HTTPS listener's context; with ``client_root`` it asks for client certificates.
+
+    EST (RFC 7030 §3.3.2) authenticates by client certificate, but ACME and
+    anonymous EST share the listener, so a certificate is asked for and never
+    required. A presented one must chain to the root, which every tenant CA does.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
+    if client_root is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(
+            cadata=client_root.public_bytes(serialization.Encoding.PEM).decode()
+        )
     return context
 
 
@@ -134,16 +172,15 @@ async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> N
     """Serve both listeners until SIGINT/SIGTERM (or ``stop`` is set)."""
     services = await open_services(settings)
     cert_path, key_path = await ensure_tls(settings, services.provider)
-    secure = web.AppRunner(https_app(services), access_log=None)
+    tls_context = server_ssl_context(cert_path, key_path, services.provider.root_certificate)
+    secure = web.AppRunner(https_app(services, tls_context), access_log=None)
     plain = web.AppRunner(http_app(services), access_log=None)
     await secure.setup()
     await plain.setup()
     https_host, https_port = split_host_port(settings.server.https_listen, 8443)
     http_host, http_port = split_host_port(settings.server.http_listen, 8080)
     sites = [
-        web.TCPSite(
-            secure, https_host, https_port, ssl_context=server_ssl_context(cert_path, key_path)
-        ),
+        web.TCPSite(secure, https_host, https_port, ssl_context=tls_context),
         web.TCPSite(plain, http_host, http_port),
     ]
     for site in sites:

@@ -1,0 +1,346 @@
+"""One tenant's OCSP responder (RFC 6960 §2.2, §4.2; RFC 5019 §2.2).
+
+A request is answered for this tenant's CA only: each CertID's issuerNameHash
+and issuerKeyHash must be those of the tenant CA under the CertID's own hash
+algorithm, or the answer is ``unauthorized``. A serial the tenant issued is
+``good`` or ``revoked`` (with time and reason) as its store says; any other
+serial, pending and abandoned ones included, is ``unknown``, never ``good``.
+
+Responses about issued certificates are signed ahead of time: at start for
+every unexpired certificate, at issuance, within seconds of a revocation, and
+again once half of their validity window has passed. Answers that need a fresh
+signature (an unknown serial, a nonce, several CertIDs) are never cached and
+draw on the tenant's token bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from typing import Any
+
+from acme_mt.issuance.ocsp import (
+    CERT_ID_HASHES,
+    CertStatus,
+    OcspSigner,
+    SingleAnswer,
+    issuer_hashes,
+    sign_response,
+    sign_responses,
+)
+from acme_mt.models import CertificateRecord, CertificateStatus, utcnow
+from acme_mt.tenancy.context import TenantContext
+from ocsp.cache import CachedResponse, CacheKey, ResponseCache
+from ocsp.limits import TokenBucket
+from ocsp.request import CertRequest, OcspQuery, TryLater, Unauthorized
+from ocsp.signers import SignerKeeper
+
+logger = logging.getLogger(__name__)
+
+#: thisUpdate to nextUpdate of a response about an issued certificate.
+RESPONSE_WINDOW = timedelta(hours=24)
+#: Re-sign a response once this much of its window has passed.
+REFRESH_AFTER = RESPONSE_WINDOW / 2
+#: nextUpdate of an ``unknown`` answer: a pending serial may be issued soon.
+UNKNOWN_WINDOW = timedelta(hours=1)
+#: Certificates read and signed per round trip while pre-signing.
+BATCH = 256
+#: Below this many due serials, refresh reads them one by one instead of scanning.
+POINT_READS = 64
+
+#: Certificate statuses that mean the serial was issued.
+_ISSUED = (CertificateStatus.VALID, CertificateStatus.REVOKED)
+
+#: The CertID every pre-signed response answers: SHA-1, as RFC 5019 §2.1.1 asks.
+PRESIGN_HASH = "sha1"
+
+
+class TenantResponder:
+    """Answers OCSP requests about one tenant's certificates."""
+
+    def __init__(
+        self,
+        tenant: TenantContext,
+        executor: Executor | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        bucket: TokenBucket | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.cache = ResponseCache()
+        self.signers = SignerKeeper(tenant)
+        self.warmed = False
+        self._executor = executor
+        self._clock = clock
+        self._bucket = bucket or TokenBucket()
+        self._hashes = {
+            name: issuer_hashes(tenant.issuer.certificate, name) for name in CERT_ID_HASHES
+        }
+        self._inflight: dict[CacheKey, asyncio.Future[CachedResponse | None]] = {}
+        # Revocations seen, counted, and the count at each serial's revocation:
+        # a status read before a serial's revocation must not replace what
+        # was signed after it.
+        self._generation = 0
+        self._revoked_in: dict[int, int] = {}
+        #: Serials whose cached responses already say revoked.
+        self._known_revoked: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def matches(self, cert: CertRequest) -> bool:
+        """Whether a CertID names this tenant's CA (§4.1.1, both hashes)."""
+        return self._hashes.get(cert.hash_name) == (cert.issuer_name_hash, cert.issuer_key_hash)
+
+    def _now(self) -> datetime:
+        return self._clock().replace(microsecond=0)
+
+    # Answering requests.
+
+    async def answer(
+        self, query: OcspQuery, as_sent: str | bytes, *, nonce_allowed: bool
+    ) -> CachedResponse | bytes:
+        """A cached response, or the DER of a freshly signed one.
+
+        ``as_sent`` is the request as it arrived (GET path or POST body), which
+        the cache remembers for requests answered from it.
+
+        :raises Unauthorized: a CertID names another issuer.
+        :raises TryLater: a fresh signature is needed and the bucket is empty.
+        """
+        if not all(self.matches(cert) for cert in query.certs):
+            raise Unauthorized("the request names another issuer")
+        nonce = query.nonce if nonce_allowed else None
+        if len(query.certs) > 1 or nonce is not None:
+            self._charge()
+            return await self._sign_live(query.certs, nonce)
+
+        cert = query.certs[0]
+        key = cert.cache_key
+        cached = self.cache.get(key)
+        if cached is None:
+            # Once pre-signing is done, a miss is most likely a serial never issued.
+            charged = self.warmed and key not in self._inflight
+            if charged:
+                self._charge()
+            cached = await self._ensure(cert)
+            if cached is None:
+                if not charged:
+                    self._charge()
+                return await self._sign_live(query.certs, None)
+            if charged:
+                self._bucket.give_back()
+        if query.nonce is None:
+            self.cache.remember(as_sent, key)
+        return cached
+
+    def _charge(self) -> None:
+        if not self._bucket.take():
+            raise TryLater("too many fresh OCSP signatures for this tenant")
+
+    async def _ensure(self, cert: CertRequest) -> CachedResponse | None:
+        """The cached response for an issued serial, signing it once if missing."""
+        key = cert.cache_key
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            read_in = self._generation
+            record = await self._lookup(cert.serial)
+            result = None
+            if record is not None:
+                result = (await self._sign_and_keep([(cert, record)], read_in))[0]
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; nobody else need see it
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _lookup(self, serial: int) -> CertificateRecord | None:
+        record = await self.tenant.store.get_certificate(format(serial, "x"))
+        if record is None or record.status not in _ISSUED:
+            return None
+        return record
+
+    async def _sign_live(self, certs: Sequence[CertRequest], nonce: bytes | None) -> bytes:
+        records = [await self._lookup(cert.serial) for cert in certs]
+        now = self._now()
+        signer = await self.signers.current(now)
+        answers = [self._single(c, r, now, signer) for c, r in zip(certs, records, strict=True)]
+        return await sign_response(signer, answers, nonce, self._executor)
+
+    def _single(
+        self, cert: CertRequest, record: CertificateRecord | None, now: datetime, signer: OcspSigner
+    ) -> SingleAnswer:
+        status = CertStatus.UNKNOWN
+        if record is not None:
+            revoked = record.status == CertificateStatus.REVOKED
+            status = CertStatus.REVOKED if revoked else CertStatus.GOOD
+        window = UNKNOWN_WINDOW if record is None else RESPONSE_WINDOW
+        return SingleAnswer(
+            hash_name=cert.hash_name,
+            issuer_name_hash=cert.issuer_name_hash,
+            issuer_key_hash=cert.issuer_key_hash,
+            serial=cert.serial,
+            status=status,
+            this_update=now,
+            next_update=min(now + window, signer.not_after),
+            revoked_at=record.revoked_at if record else None,
+            reason=record.revocation_reason if record else None,
+            cert_id_der=cert.cert_id_der,
+        )
+
+    # Pre-signing.
+
+    def presign_request(self, serial: int) -> CertRequest:
+        """The CertID pre-signed for every issued serial: SHA-1, NULL parameters."""
+        name_hash, key_hash = self._hashes[PRESIGN_HASH]
+        return CertRequest(PRESIGN_HASH, name_hash, key_hash, serial)
+
+    async def _sign_and_keep(
+        self, pairs: Sequence[tuple[CertRequest, CertificateRecord]], read_in: int
+    ) -> list[CachedResponse]:
+        """Sign one response per (CertID, record) and cache each unless revoked meanwhile.
+
+        ``read_in`` is the revocation count taken before the records were read;
+        a serial revoked after that keeps what its revocation signed.
+        """
+        now = self._now()
+        signer = await self.signers.current(now)
+        answers = [self._single(cert, record, now, signer) for cert, record in pairs]
+        signed = await sign_responses(signer, answers, self._executor)
+        responses = []
+        for (cert, record), answer, der in zip(pairs, answers, signed, strict=True):
+            response = CachedResponse(der, cert.serial, now, answer.next_update, record.not_after)
+            if self._revoked_in.get(cert.serial, 0) <= read_in:
+                self.cache.put(cert.cache_key, response)
+                if answer.status is CertStatus.REVOKED:
+                    self._known_revoked.add(cert.serial)
+            responses.append(response)
+        return responses
+
+    async def warm(self) -> int:
+        """Pre-sign a response for every unexpired certificate not cached yet."""
+        signed = 0
+        after = ""
+        while True:
+            read_in = self._generation
+            records = await self.tenant.store.list_certificates(after, BATCH)
+            if not records:
+                break
+            after = records[-1].serial
+            now = self._clock()
+            pairs = []
+            for record in records:
+                cert = self.presign_request(int(record.serial, 16))
+                if record.not_after > now and self.cache.get(cert.cache_key) is None:
+                    pairs.append((cert, record))
+            if pairs:
+                signed += len(await self._sign_and_keep(pairs, read_in))
+        self.warmed = True
+        return signed
+
+    async def refresh(self) -> int:
+        """Re-sign every response past half its window; drop those of expired certificates."""
+        now = self._clock()
+        due = self.cache.due(now - REFRESH_AFTER)
+        if not due:
+            return 0
+        by_serial: dict[int, list[CacheKey]] = {}
+        for key in due:
+            by_serial.setdefault(key[1], []).append(key)
+        read_in = self._generation
+        records = await self._records(by_serial)
+        pairs = []
+        for serial, keys in by_serial.items():
+            record = records.get(serial)
+            if record is None or record.not_after <= now:
+                self.cache.drop_all(keys)
+                continue
+            pairs += [(_request_for(key, self._hashes), record) for key in keys]
+        for start in range(0, len(pairs), BATCH):
+            await self._sign_and_keep(pairs[start : start + BATCH], read_in)
+        return len(pairs)
+
+    async def catch_up(self) -> int:
+        """Re-sign cached serials the store says are revoked though no event said so.
+
+        Revocations made by another process (another replica) reach this one
+        here, on the service's schedule, instead of at the next refresh.
+        """
+        revoked = await self.tenant.store.list_revoked_certificates(None)
+        missed = [int(record.serial, 16) for record in revoked]
+        missed = [s for s in missed if s not in self._known_revoked and self.cache.keys_of(s)]
+        for serial in missed:
+            self._generation += 1
+            self._revoked_in[serial] = self._generation
+            await self._resign(serial)
+        return len(missed)
+
+    async def _records(self, serials: Iterable[int]) -> dict[int, CertificateRecord]:
+        wanted = set(serials)
+        found: dict[int, CertificateRecord] = {}
+        if len(wanted) <= POINT_READS:
+            for serial in wanted:
+                record = await self._lookup(serial)
+                if record is not None:
+                    found[serial] = record
+            return found
+        after = ""
+        while records := await self.tenant.store.list_certificates(after, BATCH * 4):
+            after = records[-1].serial
+            for record in records:
+                serial = int(record.serial, 16)
+                if serial in wanted:
+                    found[serial] = record
+        return found
+
+    # Certificate events (acme_mt.events): quick, never raising.
+
+    def issued(self, serial_hex: str) -> None:
+        self._spawn(self._ensure(self.presign_request(int(serial_hex, 16))))
+
+    def revoked(self, serial_hex: str) -> None:
+        serial = int(serial_hex, 16)
+        self._generation += 1
+        self._revoked_in[serial] = self._generation
+        self._spawn(self._resign(serial))
+
+    async def _resign(self, serial: int) -> None:
+        read_in = self._generation
+        record = await self._lookup(serial)
+        keys = self.cache.keys_of(serial) | {self.presign_request(serial).cache_key}
+        if record is None:
+            self.cache.drop_all(keys)
+            return
+        pairs = [(_request_for(key, self._hashes), record) for key in keys]
+        await self._sign_and_keep(pairs, read_in)
+        logger.info("re-signed OCSP for revoked serial %x", serial)
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("OCSP pre-signing for tenant %s failed", self.tenant.slug)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _request_for(key: CacheKey, hashes: dict[str, tuple[bytes, bytes]]) -> CertRequest:
+    """The CertID a cache key stands for (the key holds the hash name and serial)."""
+    hash_name, serial, cert_id_der = key
+    name_hash, key_hash = hashes[hash_name]
+    return CertRequest(hash_name, name_hash, key_hash, serial, cert_id_der)

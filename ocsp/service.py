@@ -1,0 +1,154 @@
+"""Every tenant's OCSP responder in this process, and the schedule that keeps them fresh.
+
+At start every active tenant with OCSP on gets a responder, which loads (or
+issues) its delegated signer and pre-signs a response for each unexpired
+certificate; tenants created later get theirs on their first request or
+issuance. Certificate events (``acme_mt.events``) reach the tenant's responder
+at once. Every ``REFRESH_SECONDS`` each responder renews its signer when due,
+re-signs the serials another process revoked, re-signs what passed half its
+window, and responders of tenants that are no longer served, or that turned
+OCSP off, are let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import datetime
+from typing import Any
+
+from acme_mt.errors import AcmeMtError
+from acme_mt.models import utcnow
+from acme_mt.storage.base import RegistryStore
+from acme_mt.tenancy.context import TenantContext
+from acme_mt.tenancy.directory import TenantDirectory
+from acme_mt.tenancy.policy import TenantPolicy
+from ocsp.responder import TenantResponder
+
+logger = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 60.0
+
+
+class OcspService:
+    """Finds or starts each tenant's responder, and keeps every one signed and current."""
+
+    def __init__(
+        self,
+        tenants: TenantDirectory,
+        registry: RegistryStore,
+        executor: Executor | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.tenants = tenants
+        self._registry = registry
+        self._executor = executor
+        self._clock = clock
+        self._responders: dict[str, TenantResponder] = {}
+        self._warming: dict[str, asyncio.Task[None]] = {}
+
+    def responder(self, tenant: TenantContext) -> TenantResponder:
+        """The tenant's responder, started (signer, pre-signing) on first use."""
+        responder = self._responders.get(tenant.id)
+        if responder is None:
+            responder = TenantResponder(tenant, self._executor, self._clock)
+            self._responders[tenant.id] = responder
+            self._start_warming(responder)
+        return responder
+
+    def _start_warming(self, responder: TenantResponder) -> None:
+        tenant_id = responder.tenant.id
+        if tenant_id in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(self._warm(responder))
+        self._warming[tenant_id] = task
+        task.add_done_callback(lambda _task: self._warming.pop(tenant_id, None))
+
+    async def _warm(self, responder: TenantResponder) -> None:
+        slug = responder.tenant.slug
+        try:
+            await responder.signers.current(self._clock())
+            signed = await responder.warm()
+        except Exception:
+            logger.exception("OCSP for tenant %s could not start", slug)
+            return
+        logger.info("tenant %s: %d OCSP responses pre-signed", slug, signed)
+
+    async def start(self) -> None:
+        """Start the responder of every active tenant that has OCSP on, one after another."""
+        try:
+            records = await self._registry.list_tenants()
+        except Exception:
+            logger.exception("OCSP cannot list tenants")
+            return
+        for record in records:
+            if record.status != "active" or not _ocsp_on(record.policy, record.slug):
+                continue
+            try:
+                tenant = await self.tenants.resolve(record.slug)
+            except Exception:
+                logger.exception("tenant %s is unavailable for OCSP", record.slug)
+                continue
+            if tenant is not None:
+                self.responder(tenant)
+                await asyncio.gather(*self._warming.values(), return_exceptions=True)
+
+    # Certificate events: quick, never raising.
+
+    def issued(self, tenant_id: str, serial_hex: str) -> None:
+        responder = self._responders.get(tenant_id)
+        if responder is not None:
+            responder.issued(serial_hex)
+            return
+        tenant = next((t for t in self.tenants.loaded() if t.id == tenant_id), None)
+        if tenant is not None and tenant.policy.ocsp:
+            self.responder(tenant)  # its pre-signing pass includes this serial
+
+    def revoked(self, tenant_id: str, serial_hex: str) -> None:
+        responder = self._responders.get(tenant_id)
+        if responder is not None:
+            responder.revoked(serial_hex)
+
+    # The schedule.
+
+    async def run_schedule(self) -> None:
+        """Keep every responder fresh, forever; meant to run as a task of the app."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One pass: let go of tenants no longer served, renew signers, re-sign what is due."""
+        served = {t.id: t for t in self.tenants.loaded()}
+        for tenant_id, responder in list(self._responders.items()):
+            tenant = served.get(tenant_id)
+            if tenant is None or not tenant.policy.ocsp:
+                del self._responders[tenant_id]
+                await responder.close()
+                continue
+            if not responder.warmed:
+                self._start_warming(responder)
+                continue
+            try:
+                await responder.signers.current(self._clock())
+                await responder.catch_up()
+                await responder.refresh()
+            except Exception:
+                logger.exception("OCSP refresh of tenant %s failed", responder.tenant.slug)
+
+    async def close(self) -> None:
+        for task in list(self._warming.values()):
+            task.cancel()
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        for responder in self._responders.values():
+            await responder.close()
+        self._responders.clear()
+
+
+def _ocsp_on(policy: dict[str, Any], slug: str) -> bool:
+    try:
+        return TenantPolicy.from_dict(policy, default_require_eab=slug != "default").ocsp
+    except AcmeMtError:
+        return False

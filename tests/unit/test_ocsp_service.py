@@ -1,0 +1,180 @@
+"""The OCSP service and handlers in process: responders start and stop with their
+tenants, certificate events reach them, and the HTTP answers carry RFC 5019 headers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from acme_mt.app import Services, open_services
+from acme_mt.config import ServerSettings, Settings
+from acme_mt.tenancy.context import TenantContext
+from acme_mt.tenancy.lifecycle import onboard_tenant, set_tenant_status
+from ocsp.handlers import OCSP_SERVICE, _raw_tail, ocsp_routes
+from ocsp.service import OcspService
+from tests.unit.test_ocsp_responder import START, _hashes, issue, settle
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    opened = await open_services(Settings(server=ServerSettings(data_dir=str(tmp_path))))
+    yield opened
+    await opened.close()
+
+
+async def add_tenant(services: Services, slug: str, **policy: Any) -> TenantContext:
+    await onboard_tenant(
+        services.settings,
+        services.registry,
+        services.stores,
+        services.keystore,
+        services.provider,
+        slug,
+        {"require_eab": False, **policy},
+    )
+    tenant = await services.tenants.resolve(slug)
+    assert tenant is not None
+    return tenant
+
+
+@pytest.fixture
+async def client(
+    services: Services, aiohttp_client: Any
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], OcspService]]:
+    service = OcspService(services.tenants, services.registry)
+    app = web.Application()
+    app[OCSP_SERVICE] = service
+    app.add_routes(ocsp_routes())
+    yield await aiohttp_client(app), service
+    await service.close()
+
+
+def get_path(tenant: TenantContext, serial: int) -> str:
+    request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        *_hashes(tenant, hashes.SHA1()), serial, hashes.SHA1()
+    )
+    der = request.build().public_bytes(serialization.Encoding.DER)
+    return f"/{tenant.slug}/ocsp/{base64.b64encode(der).decode()}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "tail"),
+    [
+        ("/t1/ocsp/MEow+a/b=", "MEow+a/b="),
+        ("/t1/ocsp//MEow%2Ba%2Fb%3D", "/MEow%2Ba%2Fb%3D"),
+        ("/t1/ocsp/ME?x=1", "ME"),
+        ("/t1/ocsp/", ""),
+        ("/t1/ocsp", ""),
+    ],
+)
+def test_raw_tail_is_the_path_after_ocsp_as_sent(raw: str, tail: str) -> None:
+    assert _raw_tail(raw) == tail
+
+
+async def test_start_presigns_every_tenant_with_ocsp_on(services: Services) -> None:
+    default = await services.tenants.resolve("default")
+    assert default is not None
+    await issue(default)
+    off = await add_tenant(services, "quiet", ocsp=False)
+    await issue(off)
+    service = OcspService(services.tenants, services.registry)
+    await service.start()
+    assert len(service.responder(default).cache) == 1
+    assert service._responders.keys() == {default.id}
+    await service.close()
+
+
+async def test_events_reach_the_tenants_responder(services: Services) -> None:
+    tenant = await add_tenant(services, "events")
+    service = OcspService(services.tenants, services.registry)
+    leaf = await issue(tenant)
+    service.issued(tenant.id, format(leaf.serial_number, "x"))  # starts the responder
+    responder = service._responders[tenant.id]
+    await asyncio.gather(*service._warming.values())
+    assert len(responder.cache) == 1
+
+    await tenant.store.revoke_certificate(format(leaf.serial_number, "x"), 1, START)
+    service.revoked(tenant.id, format(leaf.serial_number, "x"))
+    await settle(responder)
+    cached = responder.cache.get(responder.presign_request(leaf.serial_number).cache_key)
+    assert cached is not None
+    status = ocsp.load_der_ocsp_response(cached.der).certificate_status
+    assert status == ocsp.OCSPCertStatus.REVOKED
+    await service.close()
+
+
+async def test_tick_lets_go_of_a_suspended_tenant(services: Services) -> None:
+    tenant = await add_tenant(services, "leaving")
+    service = OcspService(services.tenants, services.registry)
+    service.responder(tenant)
+    await asyncio.gather(*service._warming.values())
+    await service.tick()
+    assert tenant.id in service._responders
+    await set_tenant_status(services.registry, "leaving", "suspended")
+    await services.tenants.refresh()
+    await service.tick()
+    assert tenant.id not in service._responders
+    await service.close()
+
+
+async def test_get_serves_the_presigned_response_with_rfc5019_headers(
+    services: Services, client: tuple[TestClient[web.Request, web.Application], OcspService]
+) -> None:
+    http, service = client
+    tenant = await add_tenant(services, "headers")
+    leaf = await issue(tenant)
+    path = get_path(tenant, leaf.serial_number)
+
+    first = await http.get(path)
+    await asyncio.gather(*service._warming.values())
+    second = await http.get(path)
+    assert first.status == second.status == 200
+    assert second.headers["Content-Type"] == "application/ocsp-response"
+    cache_control = second.headers["Cache-Control"]
+    assert cache_control.endswith(", public, no-transform, must-revalidate")
+    max_age = int(cache_control.removeprefix("max-age=").split(",")[0])
+    assert timedelta(hours=23) < timedelta(seconds=max_age) <= timedelta(hours=24)
+    body = await second.read()
+    response = ocsp.load_der_ocsp_response(body)
+    assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert second.headers["Last-Modified"] and second.headers["Expires"]
+
+    etag = second.headers["ETag"]
+    not_modified = await http.get(path, headers={"If-None-Match": f'W/"x", {etag}'})
+    assert not_modified.status == 304
+    assert not_modified.headers["ETag"] == etag
+    assert await not_modified.read() == b""
+    other = await http.get(path, headers={"If-None-Match": '"something-else"'})
+    assert other.status == 200 and await other.read() == body
+    head = await http.head(path)
+    assert head.status == 200 and head.headers["ETag"] == etag
+
+
+async def test_unknown_and_disabled_tenants_get_the_same_unauthorized_bytes(
+    services: Services, client: tuple[TestClient[web.Request, web.Application], OcspService]
+) -> None:
+    http, _ = client
+    off = await add_tenant(services, "dark", ocsp=False)
+    suspended = await add_tenant(services, "gone")
+    await set_tenant_status(services.registry, "gone", "suspended")
+    await services.tenants.refresh()
+    answers = set()
+    for slug in ("dark", "gone", "never-was", "Not_A_Slug"):
+        path = get_path(off, 77).replace("/dark/", f"/{slug}/", 1)
+        for reply in (await http.get(path), await http.post(f"/{slug}/ocsp", data=b"\x30\x00")):
+            answers.add((reply.status, reply.headers["Content-Type"], await reply.read()))
+    assert suspended.slug == "gone"
+    assert len(answers) == 1
+    status, _, body = answers.pop()
+    assert status == 200
+    assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
