@@ -36,7 +36,7 @@ from acme_mt.tenancy.lifecycle import (
     onboard_tenant,
 )
 from acme_mt.validation import Validator
-from acme_mt.web.keys import AUTHORITY, SETTINGS, TENANTS
+from acme_mt.web.keys import AUTHORITY, LOG_EVERY_REQUEST, SETTINGS, TENANTS
 from acme_mt.web.middleware import request_context
 from acme_mt.web.routes import acme_routes
 from crl import setup_crl
@@ -97,10 +97,11 @@ async def open_services(settings: Settings, *, bootstrap: bool = True) -> Servic
     )
 
 
-def _base_app(services: Services) -> web.Application:
+def _base_app(services: Services, *, log_every_request: bool) -> web.Application:
     app = web.Application(
         middlewares=[request_context], client_max_size=services.settings.server.max_body_bytes
     )
+    app[LOG_EVERY_REQUEST] = log_every_request
     app[SETTINGS] = services.settings
     app[TENANTS] = services.tenants
     app[AUTHORITY] = services.authority
@@ -116,7 +117,7 @@ def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> 
     With the listener's ``tls_context``, EST keeps its client-certificate trust
     store holding every tenant CA.
     """
-    app = _base_app(services)
+    app = _base_app(services, log_every_request=True)
     app.add_routes(acme_routes())
     app.add_routes(public_routes())
     register_est(
@@ -141,7 +142,7 @@ def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> 
 
 def http_app(services: Services) -> web.Application:
     """CA certificates, health and, as they arrive, OCSP and CRLs."""
-    app = _base_app(services)
+    app = _base_app(services, log_every_request=services.settings.server.log_relying_party_requests)
     app.add_routes(public_routes())
     setup_crl(app, services)
     setup_ocsp(app, services)

@@ -14,6 +14,9 @@ from acme_mt.tenancy.directory import TenantDirectory
 SETTINGS = web.AppKey("settings", Settings)
 TENANTS = web.AppKey("tenants", TenantDirectory)
 AUTHORITY = web.AppKey("authority", RegistrationAuthority)
+#: Whether every request writes its event, or only failed ones (cache hits of
+#: OCSP and CRLs on the plain listener are counted, not logged one by one).
+LOG_EVERY_REQUEST = web.AppKey("log_every_request", bool)
 
 #: Request keys: the resolved tenant and the structured event of the request.
 TENANT_KEY = "acme_mt.tenant"

@@ -5,7 +5,9 @@ resolution, error rendering and the headers every ACME response carries
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +17,7 @@ from aiohttp import web
 from acme_mt.errors import AcmeProblem, KeyStoreError, NotFound, TenantUnavailable
 from acme_mt.log import log_request_event, request_id_var, tenant_var
 from acme_mt.urls import AcmeUrls
-from acme_mt.web.keys import EVENT_KEY, SETTINGS, TENANT_KEY, TENANTS
+from acme_mt.web.keys import EVENT_KEY, LOG_EVERY_REQUEST, SETTINGS, TENANT_KEY, TENANTS
 from acme_mt.web.problems import (
     internal_error_response,
     not_found_response,
@@ -35,7 +37,7 @@ def _is_acme(request: web.Request) -> bool:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, resolve its tenant, render errors and log one event."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    request_id = _request_id(request.headers.get("X-Request-Id", ""))
     request_id_var.set(request_id)
     tenant_var.set("-")
     started = time.perf_counter()
@@ -70,8 +72,21 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers["X-Request-Id"] = request_id
     event["status"] = response.status
     event["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    log_request_event(event)
+    if request.app.get(LOG_EVERY_REQUEST, True) or response.status >= 400:
+        log_request_event(event)
     return response
+
+
+_PROCESS_PREFIX = secrets.token_hex(4)
+_SEQUENCE = itertools.count(1)
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(offered: str) -> str:
+    """The caller's request id when it is safe to log, else a process-unique one."""
+    if offered and _SAFE_ID.fullmatch(offered):
+        return offered
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE):x}"
 
 
 async def _resolve_and_handle(request: web.Request, handler: Handler) -> web.StreamResponse:
