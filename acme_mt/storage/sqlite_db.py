@@ -31,6 +31,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
 _UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 class NothingChanged(Exception):
@@ -48,6 +49,7 @@ class SqliteDatabase:
         self.path = path
         self._executor = executor
         self._conn: sqlite3.Connection | None = conn
+        self._reader: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path, kind: str) -> SqliteDatabase:
@@ -59,10 +61,24 @@ class SqliteDatabase:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(path, executor, conn)
+        database = cls(path, executor, conn)
+        database._reader = _connect_reader(path)
+        return database
 
     async def read(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` on the worker in one short read transaction (one snapshot)."""
+        """Run ``body`` in one short read transaction (one snapshot).
+
+        Reads run on the loop through a read-only connection: in WAL mode a reader
+        never waits for the writer, and a read costs less than a hand-off to the
+        worker thread. When SQLite says busy all the same (a checkpoint resetting
+        the log), the read goes to the worker, which may wait.
+        """
+        reader = self._reader
+        if reader is not None:
+            try:
+                return _guarded(functools.partial(_read, body), reader, self.path)
+            except _ReaderBusy:
+                pass
         return await self._submit(functools.partial(_read, body))
 
     async def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -78,6 +94,9 @@ class SqliteDatabase:
     async def close(self) -> None:
         """Close the connection and let the worker thread end; closing twice is harmless."""
         conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         if conn is None:
             return
         loop = asyncio.get_running_loop()
@@ -114,10 +133,28 @@ def _connect(path: Path, kind: str) -> sqlite3.Connection:
     return conn
 
 
+class _ReaderBusy(Exception):
+    """The loop-side reader met a lock; the read is retried on the worker."""
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection used on the event loop; it never waits for a lock."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
 def _guarded(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, path: Path) -> T:
     """Turn SQLite's exceptions into the store's domain errors."""
     try:
         return job(conn)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode in _BUSY_CODES and _is_reader(conn):
+            raise _ReaderBusy() from exc
+        logger.warning("SQLite failure on %s: %s", path, exc)
+        raise TenantUnavailable() from exc
     except sqlite3.IntegrityError as exc:
         if exc.sqlite_errorcode in _UNIQUE_CODES:
             raise Conflict("a record with this key exists already") from exc
@@ -128,6 +165,10 @@ def _guarded(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, p
         # Locked past busy_timeout, disk full, a damaged file: this store only.
         logger.warning("SQLite failure on %s: %s", path, exc)
         raise TenantUnavailable() from exc
+
+
+def _is_reader(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("PRAGMA query_only").fetchone()[0])
 
 
 def _read(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
