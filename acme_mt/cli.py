@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import sys
 import tomllib
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,27 +58,32 @@ def _tenant_json(settings: Settings, record: TenantRecord) -> dict[str, Any]:
     }
 
 
-async def _with_registry(
-    settings: Settings, action: Callable[..., Awaitable[int]], *extra: Any
-) -> int:
+@dataclass(frozen=True)
+class CliContext:
+    """What every command works on: the settings and the opened back ends."""
+
+    settings: Settings
+    stores: StoreBackend
+    registry: RegistryStore
+    keystore: KeyStore
+
+
+Command = Callable[[CliContext, argparse.Namespace], Awaitable[int]]
+
+
+async def _with_registry(settings: Settings, action: Command, args: argparse.Namespace) -> int:
     stores = open_store_backend(settings)
     keystore = open_keystore(settings)
     registry = await stores.open_registry()
     try:
-        return await action(settings, stores, registry, keystore, *extra)
+        return await action(CliContext(settings, stores, registry, keystore), args)
     finally:
         await registry.close()
         await stores.close()
         await keystore.close()
 
 
-async def _tenant_create(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
+async def _tenant_create(ctx: CliContext, args: argparse.Namespace) -> int:
     policy: dict[str, Any] | None = None
     if args.policy:
         try:
@@ -85,21 +91,21 @@ async def _tenant_create(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise AcmeMtError(f"cannot read policy file: {exc}") from None
         policy = policy.get("policy", policy)
-    provider = await ensure_provider(settings, registry, keystore)
+    provider = await ensure_provider(ctx.settings, ctx.registry, ctx.keystore)
     record = await onboard_tenant(
-        settings,
-        registry,
-        stores,
-        keystore,
+        ctx.settings,
+        ctx.registry,
+        ctx.stores,
+        ctx.keystore,
         provider,
         args.slug,
         policy,
         model=args.model,
         tier=args.tier,
     )
-    body = _tenant_json(settings, record)
+    body = _tenant_json(ctx.settings, record)
     body["ca_certificate"] = record.ca_certificate_pem
-    body["ca_url"] = f"{settings.server.http_url.rstrip('/')}/{record.slug}/ca.pem"
+    body["ca_url"] = f"{ctx.settings.server.http_url.rstrip('/')}/{record.slug}/ca.pem"
     _emit(
         args,
         body,
@@ -109,64 +115,44 @@ async def _tenant_create(
     return 0
 
 
-async def _tenant_list(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    records = await registry.list_tenants()
-    tenants = [_tenant_json(settings, r) for r in records]
+async def _tenant_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    records = await ctx.registry.list_tenants()
+    tenants = [_tenant_json(ctx.settings, r) for r in records]
     text = "\n".join(f"{t['slug']}\t{t['status']}\t{t['directory_url']}" for t in tenants)
     _emit(args, {"tenants": tenants}, text)
     return 0
 
 
-async def _tenant_show(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    record = await registry.get_tenant(args.slug)
+async def _tenant_show(ctx: CliContext, args: argparse.Namespace) -> int:
+    record = await ctx.registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
-    body = _tenant_json(settings, record)
+    body = _tenant_json(ctx.settings, record)
     _emit(args, body, "\n".join(f"{k}: {v}" for k, v in body.items()))
     return 0
 
 
-async def _tenant_suspend(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    record = await set_tenant_status(registry, args.slug, "suspended")
-    _emit(args, _tenant_json(settings, record), f"tenant {record.slug} suspended")
+async def _tenant_suspend(ctx: CliContext, args: argparse.Namespace) -> int:
+    record = await set_tenant_status(ctx.registry, args.slug, "suspended")
+    _emit(args, _tenant_json(ctx.settings, record), f"tenant {record.slug} suspended")
     return 0
 
 
-async def _open_tenant_store(
-    stores: StoreBackend, registry: RegistryStore, slug: str
-) -> TenantStore:
-    record = await registry.get_tenant(slug)
+@contextlib.asynccontextmanager
+async def _tenant_store(ctx: CliContext, slug: str) -> AsyncIterator[TenantStore]:
+    """One tenant's store, open for the length of a command."""
+    record = await ctx.registry.get_tenant(slug)
     if record is None:
         raise AcmeMtError(f"no tenant {slug!r}")
-    return await stores.open_tenant_store(record.id, record.slug)
+    store = await ctx.stores.open_tenant_store(record.id, record.slug)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
-async def _eab_create(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    record = await registry.get_tenant(args.slug)
+async def _eab_create(ctx: CliContext, args: argparse.Namespace) -> int:
+    record = await ctx.registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
     profiles = TenantPolicy.from_dict(record.policy).all_profiles()
@@ -185,7 +171,7 @@ async def _eab_create(
         max_accounts=args.max_accounts,
         pre_validated=args.pre_validated,
     )
-    store = await stores.open_tenant_store(record.id, record.slug)
+    store = await ctx.stores.open_tenant_store(record.id, record.slug)
     try:
         key = EabKey(
             kid=new_id(), hmac_key=secrets.token_bytes(32), created=utcnow(), policy=policy
@@ -199,18 +185,9 @@ async def _eab_create(
     return 0
 
 
-async def _eab_list(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    try:
+async def _eab_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with _tenant_store(ctx, args.slug) as store:
         keys = await store.list_eab_keys()
-    finally:
-        await store.close()
     rows = [
         {"kid": k.kid, "created": rfc3339(k.created), "revoked": k.revoked, **k.policy.to_json()}
         for k in keys
@@ -220,70 +197,36 @@ async def _eab_list(
     return 0
 
 
-async def _eab_revoke(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    try:
+async def _eab_revoke(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with _tenant_store(ctx, args.slug) as store:
         audit = AuditEntry("eab.revoked", {"kid": args.kid}, "cli")
         changed = await store.revoke_eab_key(args.kid, (audit,))
-    finally:
-        await store.close()
     if not changed:
         raise AcmeMtError(f"no usable EAB key {args.kid!r} in {args.slug}")
     _emit(args, {"kid": args.kid, "revoked": True}, f"EAB key {args.kid} revoked")
     return 0
 
 
-async def _est_credential_create(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    try:
+async def _est_credential_create(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with _tenant_store(ctx, args.slug) as store:
         credential, password = await create_credential(store)
-    finally:
-        await store.close()
     body = {"id": credential.id, "username": credential.username, "password": password}
     text = f"id: {credential.id}\nusername: {credential.username}\npassword: {password}"
     _emit(args, body, text + "\n(the password is shown only this once)")
     return 0
 
 
-async def _est_credential_revoke(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    try:
+async def _est_credential_revoke(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with _tenant_store(ctx, args.slug) as store:
         changed = await revoke_credential(store, args.id)
-    finally:
-        await store.close()
     if not changed:
         raise AcmeMtError(f"no usable EST credential {args.id!r} in {args.slug}")
     _emit(args, {"id": args.id, "revoked": True}, f"EST credential {args.id} revoked")
     return 0
 
 
-async def _audit_verify(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    try:
+async def _audit_verify(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with _tenant_store(ctx, args.slug) as store:
         records = []
         after = 0
         while True:
@@ -292,8 +235,6 @@ async def _audit_verify(
                 break
             records.extend(page)
             after = page[-1].seq
-    finally:
-        await store.close()
     broken = verify_chain(records)
     body = {"slug": args.slug, "records": len(records), "broken_at": broken, "ok": broken is None}
     text = (
@@ -305,19 +246,11 @@ async def _audit_verify(
     return 0 if broken is None else 1
 
 
-async def _domain_verify(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    store = await _open_tenant_store(stores, registry, args.slug)
-    resolver = Resolver(settings.validation.dns_resolver, settings.validation.timeout_seconds)
-    try:
+async def _domain_verify(ctx: CliContext, args: argparse.Namespace) -> int:
+    validation = ctx.settings.validation
+    resolver = Resolver(validation.dns_resolver, validation.timeout_seconds)
+    async with _tenant_store(ctx, args.slug) as store:
         state = await verify_domain(store, resolver, args.domain)
-    finally:
-        await store.close()
     body = {
         "domain": state.domain,
         "record": record_name(state.domain),
@@ -334,46 +267,34 @@ async def _domain_verify(
     return 0 if state.verified else 3
 
 
-async def _ari_advance(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    record = await registry.get_tenant(args.slug)
+async def _ari_advance(ctx: CliContext, args: argparse.Namespace) -> int:
+    record = await ctx.registry.get_tenant(args.slug)
     if record is None:
         raise AcmeMtError(f"no tenant {args.slug!r}")
     cutoff = args.issued_before or rfc3339(utcnow() + timedelta(seconds=1))
     policy = {**record.policy, "renew_issued_before": cutoff}
     TenantPolicy.from_dict(policy, default_require_eab=record.slug != "default")
-    await registry.update_tenant(replace(record, policy=policy))
+    await ctx.registry.update_tenant(replace(record, policy=policy))
     body = {"slug": record.slug, "renew_issued_before": cutoff}
     _emit(args, body, f"certificates of {record.slug} issued before {cutoff} should renew now")
     return 0
 
 
-async def _db_migrate(
-    settings: Settings,
-    stores: StoreBackend,
-    registry: RegistryStore,
-    keystore: KeyStore,
-    args: argparse.Namespace,
-) -> int:
-    migrate = getattr(stores, "migrate", None)
+async def _db_migrate(ctx: CliContext, args: argparse.Namespace) -> int:
+    migrate = getattr(ctx.stores, "migrate", None)
     if migrate is not None:
         report = await migrate()
     else:
         # The embedded store applies pending migrations whenever it opens a file.
-        report = {"registry": [], "tenants": {}}
-        for record in await registry.list_tenants():
-            store = await stores.open_tenant_store(record.id, record.slug)
+        report = {"ctx.registry": [], "tenants": {}}
+        for record in await ctx.registry.list_tenants():
+            store = await ctx.stores.open_tenant_store(record.id, record.slug)
             await store.close()
             report["tenants"][record.slug] = []
-    applied = sum(len(v) for v in report["tenants"].values()) + len(report["registry"])
-    body = {"backend": settings.store.backend, **report}
+    applied = sum(len(v) for v in report["tenants"].values()) + len(report["ctx.registry"])
+    body = {"backend": ctx.settings.store.backend, **report}
     current = len(report["tenants"])
-    _emit(args, body, f"{applied} migrations applied; {current} tenant stores current")
+    _emit(args, body, f"{applied} migrations applied; {current} tenant ctx.stores current")
     return 0
 
 
