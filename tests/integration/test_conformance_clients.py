@@ -11,10 +11,7 @@ own server whose http-01 and tls-alpn-01 ports nothing else listens on.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ import pytest
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.live import LiveServer, free_port, running_server
+from tests.support.scripts import run_script as run_script_in_session
 from tests.support.softhsm import SOFTHSM_MODULE, write_softhsm_conf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,22 +122,7 @@ def script_env(
 
 
 def run_script(env: dict[str, str]) -> tuple[int, str]:
-    """Run the suite in its own session, so that a hung run is stopped with all its clients."""
-    process = subprocess.Popen(
-        ["bash", str(RUN_ACME)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        pytest.fail(f"run_acme.sh did not finish in {RUN_TIMEOUT_SECONDS} s:\n{output[-8000:]}")
-    return process.returncode, output
+    return run_script_in_session(RUN_ACME, env, RUN_TIMEOUT_SECONDS)
 
 
 @pytest.mark.parametrize("client", sorted(COMBINATIONS))

@@ -12,12 +12,9 @@ its own server whose challenge ports nothing else listens on.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ import pytest
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.live import LiveServer, free_port, running_server
+from tests.support.scripts import run_script as run_script_in_session
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSIONS_SCRIPT = REPO / "conformance" / "extensions.sh"
@@ -98,22 +96,7 @@ def program(name: str) -> str | None:
 
 
 def run_extensions(env: dict[str, str]) -> tuple[int, str]:
-    """Run the script in its own session, so that a hung run is stopped with its clients."""
-    process = subprocess.Popen(
-        ["bash", str(EXTENSIONS_SCRIPT)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        pytest.fail(f"extensions.sh did not finish in {RUN_TIMEOUT_SECONDS} s:\n{output[-8000:]}")
-    return process.returncode, output
+    return run_script_in_session(EXTENSIONS_SCRIPT, env, RUN_TIMEOUT_SECONDS)
 
 
 @pytest.mark.parametrize("extension", sorted(EXPECTED))

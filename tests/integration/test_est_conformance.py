@@ -3,16 +3,14 @@ against the live server, at two tenants, each checked against the other."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.live import LiveServer
+from tests.support.scripts import run_script as run_script_in_session
 
 REPO = Path(__file__).resolve().parents[2]
 EST_SCRIPT = REPO / "conformance" / "est.sh"
@@ -31,22 +29,7 @@ def tenants(live_server: LiveServer) -> tuple[str, str]:
 
 
 def run_est_script(env: dict[str, str]) -> tuple[int, str]:
-    """Run the script in its own session, so that a hung run stops with its children."""
-    process = subprocess.Popen(
-        ["bash", str(EST_SCRIPT)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        pytest.fail(f"est.sh did not finish in {RUN_TIMEOUT_SECONDS} s:\n{output[-8000:]}")
-    return process.returncode, output
+    return run_script_in_session(EST_SCRIPT, env, RUN_TIMEOUT_SECONDS)
 
 
 @pytest.mark.parametrize("index", [0, 1])

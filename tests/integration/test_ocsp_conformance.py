@@ -5,10 +5,7 @@ the server validates on a port nothing else in the session listens on."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +15,7 @@ import pytest
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.live import LiveServer, free_port, running_server
+from tests.support.scripts import run_script as run_script_in_session
 
 REPO = Path(__file__).resolve().parents[2]
 OCSP_SCRIPT = REPO / "conformance" / "ocsp.sh"
@@ -52,22 +50,7 @@ def target(
 
 
 def run_script(env: dict[str, str]) -> tuple[int, str]:
-    """Run the script in its own session, so that a hung run stops with its children."""
-    process = subprocess.Popen(
-        ["bash", str(OCSP_SCRIPT)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        pytest.fail(f"ocsp.sh did not finish in {RUN_TIMEOUT_SECONDS} s:\n{output[-8000:]}")
-    return process.returncode, output
+    return run_script_in_session(OCSP_SCRIPT, env, RUN_TIMEOUT_SECONDS)
 
 
 @pytest.mark.parametrize("index", [0, 1])
