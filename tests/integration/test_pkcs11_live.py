@@ -148,3 +148,46 @@ async def test_live_data_dir_holds_no_private_key_but_the_listeners(
     )
     # The HTTPS listener's key is a file by design: Python's ssl reads keys from files.
     assert holders == ["tls/key.pem"]
+
+
+async def test_failing_token_answers_503_for_its_tenant_only(
+    hsm_server: LiveServer,
+    http_session: aiohttp.ClientSession,
+    http01_responder: Http01Responder,
+) -> None:
+    from acme_mt.storage.sqlite import SqliteBackend
+
+    await asyncio.to_thread(hsm_server.create_tenant, "hsm-broken", "require_eab = false\n")
+    backend = SqliteBackend(hsm_server.data_dir)
+    registry = await backend.open_registry()
+    record = await registry.get_tenant("hsm-broken")
+    await registry.close()
+    await backend.close()
+    assert record is not None
+    secrets_path = hsm_server.data_dir / SECRETS_FILE
+    pins = json.loads(secrets_path.read_text())
+    good_pin = pins[record.id]["user"]
+    pins[record.id]["user"] = "wrong-" + good_pin
+    secrets_path.write_text(json.dumps(pins))
+    url = hsm_server.directory_url("hsm-broken")
+    try:
+        async with http_session.get(url, ssl=hsm_server.ssl_context()) as resp:
+            assert resp.status == 503
+            assert resp.headers["Content-Type"].startswith("application/problem+json")
+            assert resp.headers["Retry-After"]
+            body = await resp.json(content_type=None)
+            assert body["type"] == "urn:ietf:params:acme:error:serverInternal"
+            assert good_pin not in json.dumps(body)
+        # Every other tenant goes on.
+        await issue_for(hsm_server, http_session, http01_responder, "default")
+    finally:
+        pins[record.id]["user"] = good_pin
+        secrets_path.write_text(json.dumps(pins))
+    status = 503
+    for _ in range(60):
+        async with http_session.get(url, ssl=hsm_server.ssl_context()) as resp:
+            status = resp.status
+        if status == 200:
+            break
+        await asyncio.sleep(0.5)
+    assert status == 200
