@@ -141,11 +141,15 @@ def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> 
 
 
 def http_app(services: Services) -> web.Application:
-    """CA certificates, health and, as they arrive, OCSP and CRLs."""
+    """OCSP, CRLs, CA certificates and health.
+
+    OCSP is registered first: the router tries routes in order, and OCSP is the
+    busiest resource of this listener.
+    """
     app = _base_app(services, log_every_request=services.settings.server.log_relying_party_requests)
-    app.add_routes(public_routes())
-    setup_crl(app, services)
     setup_ocsp(app, services)
+    setup_crl(app, services)
+    app.add_routes(public_routes())
     return app
 
 
