@@ -286,15 +286,15 @@ async def _db_migrate(ctx: CliContext, args: argparse.Namespace) -> int:
         report = await migrate()
     else:
         # The embedded store applies pending migrations whenever it opens a file.
-        report = {"ctx.registry": [], "tenants": {}}
+        report = {"registry": [], "tenants": {}}
         for record in await ctx.registry.list_tenants():
             store = await ctx.stores.open_tenant_store(record.id, record.slug)
             await store.close()
             report["tenants"][record.slug] = []
-    applied = sum(len(v) for v in report["tenants"].values()) + len(report["ctx.registry"])
+    applied = sum(len(v) for v in report["tenants"].values()) + len(report["registry"])
     body = {"backend": ctx.settings.store.backend, **report}
     current = len(report["tenants"])
-    _emit(args, body, f"{applied} migrations applied; {current} tenant ctx.stores current")
+    _emit(args, body, f"{applied} migrations applied; {current} tenant stores current")
     return 0
 
 
