@@ -16,10 +16,13 @@ directory once so each tenant's context is loaded, and reads the server's
 resident memory.
 
 PostgreSQL runs in a throwaway cluster on disk with its durable defaults
-(``--dsn`` names another); SQLite runs in a temporary data directory.
+(``--dsn`` names another); SQLite runs in a temporary data directory. Both
+run on uvloop, as ``acme-mt serve`` does, unless ``--loop asyncio``. Each
+tenant count is measured ``--repeat`` times; the summary gives the median
+and range of each and PostgreSQL's median over SQLite's from the same run.
 Figures only; nothing passes or fails.
 
-    bench/store_compare.py --tenants 10,100,1000 --cycles 400 --workers 8 --memory
+    bench/store_compare.py --tenants 10,100,1000 --cycles 400 --workers 8 --repeat 3 --memory
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from statistics import median
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,7 +65,10 @@ from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant  # noqa: E
 from tests.support.live import free_port  # noqa: E402
 from tests.support.postgres import start_throwaway_cluster  # noqa: E402
 
+T = TypeVar("T")
+
 MAX_CYCLES = 100_000
+MAX_REPEAT = 20
 ONBOARD_CONCURRENCY = 4
 DER = secrets.token_bytes(1024)
 
@@ -118,17 +126,21 @@ async def one_cycle(store: TenantStore, account_id: str) -> None:
 
 
 async def run_cycles(
-    stores: list[tuple[TenantStore, str]], cycles: int, workers: int
+    stores: list[tuple[TenantStore, str]], cycles: int, workers: int, each_once: bool = False
 ) -> dict[str, float]:
-    """Run ``cycles`` cycles on ``workers`` concurrent tasks; throughput and latency."""
+    """Run ``cycles`` cycles on ``workers`` concurrent tasks; throughput and latency.
+
+    Each cycle picks a tenant at random, or with ``each_once`` the next tenant in turn.
+    """
     latencies: list[float] = []
     remaining = cycles
+    queue = list(stores)
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            store, account_id = random.choice(stores)
+            store, account_id = queue.pop() if each_once else random.choice(stores)
             started = time.perf_counter()
             await one_cycle(store, account_id)
             latencies.append(time.perf_counter() - started)
@@ -145,9 +157,9 @@ async def run_cycles(
 
 
 async def measure_backend(
-    settings: Settings, counts: list[int], cycles: int, workers: int
+    settings: Settings, counts: list[int], cycles: int, workers: int, repeat: int
 ) -> list[dict[str, Any]]:
-    """Onboard tenants up to each count and run the cycles over all of them."""
+    """Onboard tenants up to each count and run the cycles over all of them, ``repeat`` times."""
     stores_backend = open_store_backend(settings)
     keystore = open_keystore(settings)
     registry = await stores_backend.open_registry()
@@ -170,18 +182,34 @@ async def measure_backend(
     try:
         for count in counts:
             started = time.perf_counter()
-            stores += await asyncio.gather(*(onboard(i) for i in range(len(stores), count)))
+            new = await asyncio.gather(*(onboard(i) for i in range(len(stores), count)))
             onboarded = time.perf_counter() - started
-            figures = await run_cycles(stores, cycles, workers)
+            stores += new
+            # Every new tenant issues once before the clock starts, as the tenants of a
+            # running server have; these first cycles are reported on their own.
+            first = await run_cycles(new, len(new), workers, each_once=True)
             results.append(
                 {
                     "backend": settings.store.backend,
                     "tenants": count,
                     "onboard_s": round(onboarded, 1),
-                    **figures,
+                    "first_cycle_per_tenant": True,
+                    **first,
                 }
             )
             print(json.dumps(results[-1]), flush=True)
+            for run in range(1, repeat + 1):
+                figures = await run_cycles(stores, cycles, workers)
+                results.append(
+                    {
+                        "backend": settings.store.backend,
+                        "tenants": count,
+                        "onboard_s": round(onboarded, 1),
+                        "repeat": run,
+                        **figures,
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
     finally:
         for store, _ in stores:
             await store.close()
@@ -256,7 +284,15 @@ def environment(backend: str, dsn: str, secrets_file: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = sorted({int(n) for n in args.tenants.split(",")})
     cycles = min(args.cycles, MAX_CYCLES)
-    report: dict[str, Any] = {"cycles": cycles, "workers": args.workers, "runs": [], "memory": []}
+    args.repeat = max(1, min(args.repeat, MAX_REPEAT))
+    report: dict[str, Any] = {
+        "cycles": cycles,
+        "workers": args.workers,
+        "repeat": args.repeat,
+        "loop": args.loop,
+        "runs": [],
+        "memory": [],
+    }
     cluster = None
     if "postgres" in args.backends and not args.dsn:
         cluster = start_throwaway_cluster(in_memory=False, durable=True)
@@ -272,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 asyncio.run(set_synchronous_commit(dsn, mode))
             env = environment(backend, dsn, str(data_dir / "store-secrets.json"))
             settings = load_settings(None, str(data_dir), env)
-            runs = asyncio.run(measure_backend(settings, counts, cycles, args.workers))
+            measured = measure_backend(settings, counts, cycles, args.workers, args.repeat)
+            runs = run_on_loop(measured, args.loop)
             for figures in runs:
                 figures["synchronous_commit"] = mode or None
             report["runs"] += runs
@@ -284,7 +321,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if cluster is not None:
             cluster.close()
+    report["summary"] = summarize(report["runs"])
     return report
+
+
+def run_on_loop(coroutine: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run on uvloop, as ``acme-mt serve`` does by default, or on asyncio's own loop."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tenant count and PostgreSQL commit mode: median rates, ranges, and the ratio.
+
+    The ratio is PostgreSQL's median cycles/s over SQLite's, both from this run.
+    """
+    by_variant: dict[tuple[str, str | None, int], list[dict[str, Any]]] = {}
+    for figures in runs:
+        if figures.get("first_cycle_per_tenant"):
+            continue
+        key = (figures["backend"], figures["synchronous_commit"], figures["tenants"])
+        by_variant.setdefault(key, []).append(figures)
+    summary = []
+    ordered = sorted(by_variant.items(), key=lambda item: (str(item[0][1]), item[0][2]))
+    for (backend, mode, tenants), measured in ordered:
+        if backend != "postgres":
+            continue
+        rates = [f["cycles_per_s"] for f in measured]
+        line: dict[str, Any] = {
+            "tenants": tenants,
+            "synchronous_commit": mode,
+            "postgres_cycles_per_s": median(rates),
+            "postgres_range": [min(rates), max(rates)],
+            "postgres_p50_ms": median([f["p50_ms"] for f in measured]),
+        }
+        fewest = min(t for (b, m, t) in by_variant if (b, m) == (backend, mode))
+        base = median([f["p50_ms"] for f in by_variant[(backend, mode, fewest)]])
+        line["p50_vs_fewest_tenants"] = round(line["postgres_p50_ms"] / base, 2)
+        sqlite = by_variant.get(("sqlite", None, tenants))
+        if sqlite:
+            sqlite_rates = [f["cycles_per_s"] for f in sqlite]
+            line["sqlite_cycles_per_s"] = median(sqlite_rates)
+            line["sqlite_range"] = [min(sqlite_rates), max(sqlite_rates)]
+            line["ratio"] = round(line["postgres_cycles_per_s"] / line["sqlite_cycles_per_s"], 2)
+        summary.append(line)
+        print(
+            f"{tenants:>5} tenants, synchronous_commit {mode}: PostgreSQL"
+            f" {line['postgres_cycles_per_s']} cycles/s ({min(rates)}-{max(rates)}),"
+            f" p50 {line['postgres_p50_ms']} ms (x{line['p50_vs_fewest_tenants']})"
+            + (
+                f", SQLite {line['sqlite_cycles_per_s']} ({line['sqlite_range'][0]}-"
+                f"{line['sqlite_range'][1]}), ratio {line['ratio']}"
+                if sqlite
+                else ""
+            ),
+            flush=True,
+        )
+    return summary
 
 
 async def set_synchronous_commit(dsn: str, mode: str) -> None:
@@ -310,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="a superuser DSN instead of a throwaway cluster")
     parser.add_argument(
         "--synchronous-commit", default="on,off", help="PostgreSQL commit modes to measure"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="measurements per tenant count")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop to run on"
     )
     parser.add_argument("--memory", action="store_true", help="measure a server's memory too")
     parser.add_argument("--json", help="also write the figures to this file")

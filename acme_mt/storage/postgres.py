@@ -1,17 +1,20 @@
 """The production store back end: PostgreSQL through asyncpg, a schema per tenant.
 
-``PostgresBackend`` opens one asyncpg pool on the shared cluster, sized by
-``[store] pool_min`` and ``pool_max``, as the application role; tenant stores
-are thin objects bound to a tenant id and schema on that pool, so a thousand
-tenants cost no connections of their own. A dedicated tenant (its database
-named in the secrets file at onboarding, recorded in the registry's
-``tenant_stores`` catalogue) gets a small pool of its own on its database.
+``PostgresBackend`` opens ``[store] pool_max`` connections on the shared
+cluster as the application role, in small pools of two
+(``acme_mt.storage.postgres_pool``); tenant stores are thin objects bound to a
+tenant id, a schema and a home pool, so a thousand tenants cost no connections
+of their own. A dedicated tenant (its database named in the secrets file at
+onboarding, recorded in the registry's ``tenant_stores`` catalogue) gets a
+small pool of its own on its database.
 
 Schemas are created and migrated through the owner role
 (``acme_mt.storage.postgres_roles``), at onboarding and whenever a store opens
 behind the code's migrations; the application role never runs DDL, is neither
 superuser nor BYPASSRLS (checked at start), and sees tenant rows only through
-row-level security (``acme_mt.storage.postgres_db``).
+row-level security (``acme_mt.storage.postgres_db``). Every database that holds
+tenant schemas also gets the schema ``acme_mt_functions``: the store's writes
+as functions (``acme_mt.storage.postgres_writes``).
 
 Each process holds a session advisory lock on a random number of its own (its
 liveness lock) while it may have serials pending signature; recovery after a
@@ -32,13 +35,7 @@ import asyncpg
 
 from acme_mt.config import StoreSettings
 from acme_mt.errors import ConfigError, StoreError
-from acme_mt.storage.postgres_db import (
-    COMMAND_TIMEOUT,
-    Binding,
-    StoreConnection,
-    schema_for,
-    translated_errors,
-)
+from acme_mt.storage.postgres_db import Binding, schema_for, translated_errors
 from acme_mt.storage.postgres_migrate import (
     REGISTRY_SCHEMA,
     hold_migration_lock,
@@ -46,6 +43,13 @@ from acme_mt.storage.postgres_migrate import (
     migrate_schema,
 )
 from acme_mt.storage.postgres_nonces import PostgresNonces
+from acme_mt.storage.postgres_pool import (
+    ConnectionPool,
+    Connections,
+    close_pools,
+    home_pool,
+    open_pools,
+)
 from acme_mt.storage.postgres_registry import PostgresRegistryStore
 from acme_mt.storage.postgres_roles import (
     ConnectionPlan,
@@ -56,11 +60,11 @@ from acme_mt.storage.postgres_roles import (
     secrets_path,
 )
 from acme_mt.storage.postgres_tenant import PostgresTenantStore
+from acme_mt.storage.postgres_writes import FUNCTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-_CLOSE_TIMEOUT = 10.0
 
 
 class PostgresBackend:
@@ -73,17 +77,23 @@ class PostgresBackend:
         self.instance = secrets.randbits(62)
         self._plan: ConnectionPlan | None = None
         self._app_role = ""
-        self._pool: asyncpg.Pool | None = None
-        self._dedicated: dict[str, asyncpg.Pool] = {}
+        #: The shared database's pools, and provider-level queries' way to them.
+        self._pools: list[ConnectionPool] = []
+        self._pool: Connections | None = None
+        #: Each tenant's way to the shared pools, by home pool.
+        self._homes: list[Connections] = []
+        self._dedicated: dict[str, Connections] = {}
         self._bindings: dict[str, Binding] = {}
         self._current: set[str] = set()
+        #: Databases (None: the shared one) whose write functions are current.
+        self._functions_current: set[str | None] = set()
         self._opening = asyncio.Lock()
         self._liveness: asyncpg.Connection | None = None
         self._liveness_lock = asyncio.Lock()
 
     # Opening: roles, the registry's migrations, the shared pool.
 
-    async def _ready(self) -> asyncpg.Pool:
+    async def _ready(self) -> Connections:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
@@ -94,20 +104,23 @@ class PostgresBackend:
 
     async def _open(self) -> None:
         plan = await plan_connections(self._settings, self._data_dir)
-        pool = await _create_pool(plan.app, self._settings.pool_min, self._settings.pool_max)
+        pools = await open_pools(plan.app, self._settings.pool_min, self._settings.pool_max)
         try:
-            role = await _checked_app_role(pool)
+            role = await _checked_app_role(Connections(pools))
             if plan.owner is not None:
                 conn = await plan.owner.connect()
                 try:
                     await migrate_schema(conn, "registry", REGISTRY_SCHEMA, role)
+                    await migrate_schema(conn, "functions", FUNCTIONS_SCHEMA, role)
                 finally:
                     await conn.close()
+                self._functions_current.add(None)
         except BaseException:
-            await pool.close()
+            await close_pools(pools)
             raise
-        self._plan, self._app_role, self._pool = plan, role, pool
-        logger.info("PostgreSQL store open as role %s", role)
+        self._homes = [Connections(pools, home) for home in range(len(pools))]
+        self._plan, self._app_role, self._pools, self._pool = plan, role, pools, self._homes[0]
+        logger.info("PostgreSQL store open as role %s, %d pools", role, len(pools))
 
     def _owner(self) -> Login:
         if self._plan is None or self._plan.owner is None:
@@ -192,21 +205,24 @@ class PostgresBackend:
         return PostgresNonces(self, tenant_id)
 
     async def _bind(self, tenant_id: str, schema: str, dedicated: str | None) -> Binding:
-        pool = await self._ready() if dedicated is None else await self._dedicated_pool(dedicated)
+        if dedicated is None:
+            await self._ready()
+            pool = self._homes[home_pool(tenant_id, len(self._homes))]
+        else:
+            pool = await self._dedicated_pool(dedicated)
         binding = Binding(tenant_id, schema, pool, database_dsn=dedicated)
         self._bindings[tenant_id] = binding
         return binding
 
-    async def _dedicated_pool(self, dsn: str) -> asyncpg.Pool:
+    async def _dedicated_pool(self, dsn: str) -> Connections:
         """The pool of a dedicated tenant's database, opened on first use."""
         pool = self._dedicated.get(dsn)
         if pool is None:
             assert self._plan is not None
-            with translated_errors("opening a dedicated database"):
-                pool = await _create_pool(
-                    self._plan.app.elsewhere(dsn), 0, self._settings.dedicated_pool_max
-                )
-            self._dedicated[dsn] = pool
+            opened = ConnectionPool(
+                self._plan.app.elsewhere(dsn), self._settings.dedicated_pool_max
+            )
+            pool = self._dedicated[dsn] = Connections([opened])
         return pool
 
     def _dedicated_dsn(self, slug: str) -> str | None:
@@ -220,11 +236,14 @@ class PostgresBackend:
     async def _migrate_tenant(
         self, conn: asyncpg.Connection, schema: str, tenant_id: str, dedicated: str | None
     ) -> list[int]:
-        """Migrate a tenant schema; ``conn`` is the owner's on the shared database."""
+        """Migrate a tenant schema and its database's functions; ``conn`` is the owner's
+        on the shared database."""
         if dedicated is None:
+            await self._migrate_functions(conn, None)
             return await migrate_schema(conn, "tenant", schema, self._app_role, tenant_id)
         elsewhere = await self._owner().elsewhere(dedicated).connect()
         try:
+            await self._migrate_functions(elsewhere, dedicated)
             return await migrate_schema(elsewhere, "tenant", schema, self._app_role, tenant_id)
         finally:
             await elsewhere.close()
@@ -236,7 +255,7 @@ class PostgresBackend:
                 "SELECT coalesce(max(version), 0)"
                 f" FROM {quote_ident(binding.schema)}.schema_migrations"
             )
-            if version >= latest_version("tenant"):
+            if version >= latest_version("tenant") and await self._functions_are_current(binding):
                 return
             conn = await self._owner().connect()
             try:
@@ -246,10 +265,29 @@ class PostgresBackend:
             finally:
                 await conn.close()
 
+    async def _migrate_functions(self, conn: asyncpg.Connection, dedicated: str | None) -> None:
+        """Bring the write functions of one database current, once per process."""
+        if dedicated not in self._functions_current:
+            await migrate_schema(conn, "functions", FUNCTIONS_SCHEMA, self._app_role)
+            self._functions_current.add(dedicated)
+
+    async def _functions_are_current(self, binding: Binding) -> bool:
+        """Whether the database of ``binding`` has every write function this code calls."""
+        if binding.database_dsn in self._functions_current:
+            return True
+        table = f"{FUNCTIONS_SCHEMA}.schema_migrations"
+        version = 0
+        if await binding.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            version = await binding.pool.fetchval(f"SELECT coalesce(max(version), 0) FROM {table}")
+        if version < latest_version("functions"):
+            return False
+        self._functions_current.add(binding.database_dsn)
+        return True
+
     async def migrate(self) -> dict[str, Any]:
         """Apply every pending migration, registry first, under the session migration lock."""
         await self._ready()
-        report: dict[str, Any] = {"registry": [], "tenants": {}}
+        report: dict[str, Any] = {"registry": [], "functions": [], "tenants": {}}
         with translated_errors("migrating"):
             conn = await self._owner().connect()
             try:
@@ -257,6 +295,10 @@ class PostgresBackend:
                 report["registry"] = await migrate_schema(
                     conn, "registry", REGISTRY_SCHEMA, self._app_role
                 )
+                report["functions"] = await migrate_schema(
+                    conn, "functions", FUNCTIONS_SCHEMA, self._app_role
+                )
+                self._functions_current.add(None)
                 rows = await conn.fetch(
                     "SELECT tenant_id, slug, schema_name, database_dsn"
                     f" FROM {REGISTRY_SCHEMA}.tenant_stores ORDER BY created, slug"
@@ -305,31 +347,15 @@ class PostgresBackend:
         liveness, self._liveness = self._liveness, None
         if liveness is not None and not liveness.is_closed():
             await liveness.close()
-        pools = [self._pool, *self._dedicated.values()]
-        self._pool, self._dedicated, self._bindings = None, {}, {}
+        pools = [*self._pools, *(p for d in self._dedicated.values() for p in d.pools)]
+        self._pools, self._pool, self._homes, self._dedicated = [], None, [], {}
+        self._bindings = {}
         self._current.clear()
-        for pool in pools:
-            if pool is None:
-                continue
-            try:
-                await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
-            except (TimeoutError, OSError, asyncpg.InterfaceError):
-                pool.terminate()
+        self._functions_current.clear()
+        await close_pools(pools)
 
 
-async def _create_pool(login: Login, min_size: int, max_size: int) -> asyncpg.Pool:
-    kwargs = login.connect_kwargs()
-    return await asyncpg.create_pool(
-        login.dsn,
-        min_size=min_size,
-        max_size=max(max_size, min_size, 1),
-        command_timeout=COMMAND_TIMEOUT,
-        connection_class=StoreConnection,
-        **kwargs,
-    )
-
-
-async def _checked_app_role(pool: asyncpg.Pool) -> str:
+async def _checked_app_role(pool: Connections) -> str:
     """The application role's name, refusing one that would see past row-level security.
 
     :raises ConfigError: the role is a superuser or has BYPASSRLS.
@@ -337,6 +363,7 @@ async def _checked_app_role(pool: asyncpg.Pool) -> str:
     row = await pool.fetchrow(
         "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
     )
+    assert row is not None
     if row["rolsuper"] or row["rolbypassrls"]:
         raise ConfigError(
             f"[store] dsn role {row['rolname']!r} is superuser or BYPASSRLS; "

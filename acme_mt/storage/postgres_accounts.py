@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from acme_mt.errors import Conflict, StoreError
 from acme_mt.models import Account, AuditEntry, EabKey, VerifiedDomain, utcnow
@@ -34,12 +34,17 @@ from acme_mt.storage.postgres_rows import (
     Row,
     account_from_row,
     account_values,
-    append_audit,
     audit_from_row,
     aware,
     eab_key_from_row,
     eab_key_values,
     est_credential_from_row,
+)
+from acme_mt.storage.postgres_writes import (
+    Chain,
+    call_function,
+    insert_chain,
+    lock_audit_head,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,14 +82,34 @@ class TenantStoreBase:
         return await in_transaction(self._binding, body, f"tenant {self.slug}")
 
     async def _write(self, body: Callable[[Conn], Awaitable[T]], audit: Sequence[AuditEntry]) -> T:
-        """Run ``body`` and append ``audit`` in one transaction."""
+        """Run ``body`` and append ``audit`` in one transaction, the chain head locked first."""
+        if not audit:
+            return await self._run(body)
 
-        async def run(conn: Conn) -> T:
-            result = await body(conn)
-            await append_audit(conn, audit)
-            return result
+        async def run(conn: Conn) -> tuple[T, Chain | None]:
+            seq, digest = await lock_audit_head(conn)
+            try:
+                result = await body(conn)
+            except NothingChanged as unchanged:
+                raise NothingChanged((unchanged.result, None)) from None
+            chain = Chain.after(seq, digest, audit)
+            await insert_chain(conn, chain)
+            return result, chain
 
-        return await self._run(run)
+        head = self._binding.head
+        async with head.lock:
+            result, chain = await self._run(run)
+            if chain is not None:
+                head.learn(*chain.last)
+        return result
+
+    async def _call(
+        self, function: str, values: tuple[Any, ...], audit: Sequence[AuditEntry]
+    ) -> str:
+        """Write through one of the store's functions (``acme_mt.storage.postgres_writes``)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        return await call_function(self._binding, function, values, audit, f"tenant {self.slug}")
 
     # Accounts and EAB keys (RFC 8555 §7.3).
 
@@ -263,10 +288,8 @@ class TenantStoreBase:
     # The audit chain.
 
     async def append_audit(self, audit: Sequence[AuditEntry]) -> None:
-        async def nothing(conn: Conn) -> None:
-            return None
-
-        await self._write(nothing, audit)
+        if audit:
+            await self._call("record_audit", (), audit)
 
     async def list_audit(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._run(

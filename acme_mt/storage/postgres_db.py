@@ -1,39 +1,41 @@
-"""Transactions bound to one tenant on a shared asyncpg pool, and PostgreSQL's errors as ours.
+"""Transactions bound to one tenant on the shared pools, and PostgreSQL's errors as ours.
 
-Every store call is one transaction that opens with the tenant's context:
+Every store call is one transaction in the tenant's context:
 ``acme_mt.tenant_id`` (which the row-level security policies compare with each
-row's ``tenant_id``) and a ``search_path`` of the tenant's schema, both set with
-``set_config(..., true)`` so they end with the transaction and never leak to the
-next user of the pooled connection. The ``BEGIN`` and the context travel in one
-round trip. A connection that turns out dead on that first round trip is
-swapped for a fresh one, since nothing ran yet.
+row's ``tenant_id``), set with ``set_config(..., true)`` so that it ends with
+the transaction and never leaks to the next user of the pooled connection.
+Writes are one statement, a call of the store's functions that sets the
+context itself (``acme_mt.storage.postgres_writes``). Reads and the rarer
+writes open a transaction that sets the context and a ``search_path`` of the
+tenant's schema, ``BEGIN`` and both in one round trip; a connection that
+turns out dead on that first round trip is swapped for a fresh one, since
+nothing ran yet.
 
 A server that is down, restarting or out of connections becomes
-``TenantUnavailable`` (503 with a retry hint); the pool reconnects by itself
-once the server is back.
+``TenantUnavailable`` (503 with a retry hint); the pools reconnect by
+themselves once the server is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import asyncpg
 
 from acme_mt.errors import Conflict, StoreError, TenantUnavailable
+from acme_mt.storage.postgres_pool import Conn as Conn
+from acme_mt.storage.postgres_pool import Connections
 from acme_mt.storage.postgres_roles import quote_ident, quote_literal
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Conn: TypeAlias = asyncpg.Connection
-
-ACQUIRE_TIMEOUT = 10.0
-COMMAND_TIMEOUT = 30.0
 
 #: Tenant ids become schema names; they come from onboarding, never from a request.
 _TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
@@ -61,17 +63,6 @@ class NothingChanged(Exception):
         self.result = result
 
 
-class StoreConnection(asyncpg.Connection):  # type: ignore[misc]
-    """A pooled connection that skips asyncpg's reset round trip on release.
-
-    Everything the store sets is transaction-local and it takes no session
-    advisory locks on pooled connections, so there is nothing to reset.
-    """
-
-    def get_reset_query(self) -> str:
-        return ""
-
-
 def schema_for(tenant_id: str) -> str:
     """The schema of a tenant: ``tenant_`` and its id, folded to a plain identifier.
 
@@ -82,15 +73,34 @@ def schema_for(tenant_id: str) -> str:
     return "tenant_" + tenant_id.lower().replace("-", "_")
 
 
+class AuditHead:
+    """The last link of one tenant's audit chain as this process knows it.
+
+    Only a hint: a function checks it against the locked head before it
+    writes. ``lock`` queues this process's audited writes to the tenant.
+    """
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.hash = ""
+        self.lock = asyncio.Lock()
+
+    def learn(self, seq: int, digest: str) -> None:
+        """Remember the head a committed transaction left (call with ``lock`` held)."""
+        self.seq, self.hash = seq, digest
+
+
 @dataclass(frozen=True)
 class Binding:
-    """Where one tenant's rows live: a pool, a schema, and the id the policies expect."""
+    """Where one tenant's rows live: connections, a schema, and the id the policies expect."""
 
     tenant_id: str
     schema: str
-    pool: asyncpg.Pool
+    pool: Connections
     #: The dedicated database (a DSN without credentials), or None for the shared one.
     database_dsn: str | None = None
+    #: The audit chain head as this process last saw it, shared by the tenant's stores.
+    head: AuditHead = field(default_factory=AuditHead, compare=False, repr=False)
 
     @property
     def context_statement(self) -> str:
@@ -114,6 +124,9 @@ def translated_errors(what: str) -> Any:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise Conflict("a record with this key exists already") from exc
+    except asyncpg.RaiseError as exc:
+        # Raised by the store's own functions, with a message written for callers.
+        raise StoreError(str(exc)) from exc
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise StoreError("the change breaks a rule of the store") from exc
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -128,11 +141,10 @@ def translated_errors(what: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def connection(pool: asyncpg.Pool, opening: str) -> AsyncIterator[Conn]:
+async def connection(pool: Connections, opening: str) -> AsyncIterator[Conn]:
     """A pooled connection whose ``opening`` statement has run, retried once on a dead one."""
     for attempt in (1, 2):
-        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
-        try:
+        async with pool.connection() as conn:
             try:
                 await conn.execute(opening)
             except DEAD_CONNECTION:
@@ -142,26 +154,33 @@ async def connection(pool: asyncpg.Pool, opening: str) -> AsyncIterator[Conn]:
                 continue
             yield conn
             return
-        finally:
-            await pool.release(conn)
 
 
-async def run_script(pool: asyncpg.Pool, script: str) -> str:
+async def run_script(pool: Connections, script: str) -> str:
     """Run statements with literal values in one round trip; the last command's status.
 
     Retried once on a connection that died while idle in the pool.
     """
     for attempt in (1, 2):
-        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
-        try:
-            return str(await conn.execute(script))
-        except DEAD_CONNECTION:
-            if attempt == 2:
-                raise
-            conn.terminate()
-        finally:
-            await pool.release(conn)
+        async with pool.connection() as conn:
+            try:
+                return str(await conn.execute(script))
+            except DEAD_CONNECTION:
+                if attempt == 2:
+                    raise
+                conn.terminate()
     raise AssertionError("unreachable")
+
+
+async def one_statement(binding: Binding, statement: str, arguments: Sequence[Any]) -> Any:
+    """Run one statement in a transaction of its own (no ``BEGIN``): one round trip.
+
+    The statement must enter the tenant's context itself. Not retried on a
+    dead connection, since it may have run; the caller gets ``TenantUnavailable``
+    (through ``translated_errors``) as when a ``COMMIT`` is lost.
+    """
+    async with binding.pool.connection() as conn:
+        return await conn.fetchval(statement, *arguments)
 
 
 async def in_transaction(

@@ -12,11 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
-
 from acme_mt.errors import StoreError
 from acme_mt.storage.base import TenantRecord
 from acme_mt.storage.postgres_db import DEAD_CONNECTION, translated_errors
+from acme_mt.storage.postgres_pool import Connections
 from acme_mt.storage.postgres_rows import TENANT_COLUMNS, tenant_from_row, tenant_values
 
 logger = logging.getLogger(__name__)
@@ -27,10 +26,10 @@ T = TypeVar("T")
 class PostgresRegistryStore:
     """Every tenant of this installation, by slug; only provider-level code holds it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Connections) -> None:
         self._pool = pool
 
-    async def _read(self, body: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    async def _read(self, body: Callable[[Connections], Awaitable[T]]) -> T:
         """Run a read, once more if a pooled connection turns out dead (the server restarted)."""
         with translated_errors("registry"):
             try:

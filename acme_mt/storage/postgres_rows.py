@@ -3,8 +3,8 @@
 Times are ``timestamptz`` and come back as timezone-aware UTC datetimes; JSON
 columns are ``jsonb`` written as compact text, except the audit chain's
 ``json``, which keeps the exact text that was hashed; serials are lowercase hex.
-Each ``insert_*`` helper runs inside the caller's transaction, where the
-``tenant_id`` column takes the transaction's tenant by default.
+Rows written inside a tenant transaction take its tenant as their
+``tenant_id`` by default.
 """
 
 from __future__ import annotations
@@ -16,22 +16,17 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from acme_mt.audit import chain_hash
 from acme_mt.models import (
     Account,
-    AuditEntry,
     Authorization,
     CertificateRecord,
-    CertificateStatus,
     Challenge,
     EabKey,
     EabPolicy,
     Identifier,
     Order,
-    utcnow,
 )
 from acme_mt.storage.base import AuditRecord, EstCredential, TenantRecord
-from acme_mt.storage.postgres_db import require_changed
 
 Conn: TypeAlias = asyncpg.Connection
 Row: TypeAlias = asyncpg.Record
@@ -55,11 +50,8 @@ AUDIT_COLUMNS = "seq, time, event, actor, data, prev_hash, hash"
 TENANT_COLUMNS = "id, slug, status, policy, ca_certificate_pem, ca_key_label, created, model, tier"
 
 
-def aware(moment: datetime) -> datetime:
-    """:raises ValueError: the time is naive, so its instant is unknown."""
-    if moment.tzinfo is None:
-        raise ValueError("the store keeps timezone-aware times only")
-    return moment
+def from_json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
 def to_json(value: Any) -> str:
@@ -71,8 +63,11 @@ def to_json_or_none(value: Any) -> str | None:
     return None if value is None else to_json(value)
 
 
-def from_json_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+def aware(moment: datetime) -> datetime:
+    """:raises ValueError: the time is naive, so its instant is unknown."""
+    if moment.tzinfo is None:
+        raise ValueError("the store keeps timezone-aware times only")
+    return moment
 
 
 def account_from_row(row: Row) -> Account:
@@ -133,25 +128,6 @@ def est_credential_from_row(row: Row) -> EstCredential:
     )
 
 
-def order_values(order: Order) -> tuple[Any, ...]:
-    """The values of ``ORDER_COLUMNS``; the authorization links live in their own table."""
-    serial = order.certificate_serial
-    return (
-        order.id,
-        order.account_id,
-        order.status,
-        to_json([i.to_json() for i in order.identifiers]),
-        aware(order.expires),
-        aware(order.created),
-        order.not_before,
-        order.not_after,
-        to_json_or_none(order.error),
-        None if serial is None else serial.lower(),
-        order.profile,
-        order.replaces,
-    )
-
-
 def order_from_rows(row: Row, links: Sequence[Row]) -> Order:
     """An order from its row and its authorization links in position order."""
     return Order(
@@ -171,25 +147,6 @@ def order_from_rows(row: Row, links: Sequence[Row]) -> Order:
         profile=row["profile"],
         replaces=row["replaces"],
     )
-
-
-async def update_order_row(conn: Conn, order: Order) -> None:
-    """Store an order's mutable columns; its identifiers and links never change."""
-    serial = order.certificate_serial
-    status = await conn.execute(
-        "UPDATE orders SET status = $2, expires = $3, not_before = $4, not_after = $5,"
-        " error = $6, certificate_serial = $7, profile = $8, replaces = $9 WHERE id = $1",
-        order.id,
-        order.status,
-        aware(order.expires),
-        order.not_before,
-        order.not_after,
-        to_json_or_none(order.error),
-        None if serial is None else serial.lower(),
-        order.profile,
-        order.replaces,
-    )
-    require_changed(status, "order")
 
 
 def challenge_from_row(row: Row) -> Challenge:
@@ -216,40 +173,6 @@ def authorization_from_rows(row: Row, challenges: Sequence[Row]) -> Authorizatio
         challenges=tuple(challenge_from_row(c) for c in challenges),
         created=row["created"],
     )
-
-
-async def insert_authorization(conn: Conn, authorization: Authorization) -> None:
-    """Insert an authorization and its challenges, keeping the challenges' order."""
-    await conn.execute(
-        f"INSERT INTO authorizations ({AUTHORIZATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6,"
-        " $7, $8)",
-        authorization.id,
-        authorization.account_id,
-        authorization.identifier.type,
-        authorization.identifier.value,
-        authorization.wildcard,
-        authorization.status,
-        aware(authorization.expires),
-        aware(authorization.created),
-    )
-    if authorization.challenges:
-        await conn.executemany(
-            "INSERT INTO challenges (id, authorization_id, position, type, token, status,"
-            " validated, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            [
-                (
-                    c.id,
-                    c.authorization_id,
-                    position,
-                    c.type,
-                    c.token,
-                    c.status,
-                    c.validated,
-                    to_json_or_none(c.error),
-                )
-                for position, c in enumerate(authorization.challenges)
-            ],
-        )
 
 
 async def authorization_with_challenges(conn: Conn, row: Row) -> Authorization:
@@ -279,27 +202,6 @@ def certificate_from_row(row: Row) -> CertificateRecord:
     )
 
 
-async def insert_pending_certificate(
-    conn: Conn, certificate: CertificateRecord, instance: int
-) -> None:
-    """Record a serial before it is signed, naming the process that will sign it."""
-    await conn.execute(
-        "INSERT INTO certificates (serial, account_id, order_id, status, not_before, not_after,"
-        " created, shard, channel, issuer_instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-        " $9, $10)",
-        certificate.serial.lower(),
-        certificate.account_id,
-        certificate.order_id,
-        CertificateStatus.PENDING,
-        aware(certificate.not_before),
-        aware(certificate.not_after),
-        aware(certificate.created),
-        certificate.shard,
-        certificate.channel,
-        instance,
-    )
-
-
 def audit_from_row(row: Row) -> AuditRecord:
     return AuditRecord(
         seq=row["seq"],
@@ -309,40 +211,6 @@ def audit_from_row(row: Row) -> AuditRecord:
         data=json.loads(row["data"]),
         prev_hash=row["prev_hash"],
         hash=row["hash"],
-    )
-
-
-async def append_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
-    """Chain ``entries`` after the tenant's last record, inside the caller's transaction.
-
-    Locking the chain head queues concurrent appends of this tenant, from any
-    process, in one order.
-    """
-    if not entries:
-        return
-    head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
-    if head is None:
-        raise ValueError("the tenant's audit chain has no head row")
-    seq, prev_hash = head["seq"], head["hash"]
-    moment = utcnow()
-    rows = []
-    for entry in entries:
-        seq += 1
-        # Hash exactly what a reader will get back from the json column.
-        text = to_json(entry.data)
-        digest = chain_hash(prev_hash, seq, moment, entry.event, entry.actor, json.loads(text))
-        rows.append((seq, entry.event, entry.actor, text, prev_hash, digest))
-        prev_hash = digest
-    await conn.execute(
-        "WITH added AS (INSERT INTO audit (seq, time, event, actor, data, prev_hash, hash)"
-        " SELECT r.seq, $1, r.event, r.actor, r.data::json, r.prev_hash, r.hash"
-        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
-        " AS r (seq, event, actor, data, prev_hash, hash))"
-        " UPDATE audit_head SET seq = $8, hash = $9",
-        moment,
-        *(list(column) for column in zip(*rows, strict=True)),
-        seq,
-        prev_hash,
     )
 
 

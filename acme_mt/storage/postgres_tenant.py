@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from acme_mt.errors import StoreError
 from acme_mt.models import (
     AuditEntry,
     Authorization,
@@ -28,28 +28,27 @@ from acme_mt.models import (
 )
 from acme_mt.storage.base import OcspSignerRecord
 from acme_mt.storage.postgres_accounts import TenantStoreBase
-from acme_mt.storage.postgres_db import (
-    Conn,
-    NothingChanged,
-    require_changed,
-    row_count,
-)
+from acme_mt.storage.postgres_db import Conn, NothingChanged, row_count
 from acme_mt.storage.postgres_rows import (
     AUTHORIZATION_COLUMNS,
     CERTIFICATE_COLUMNS,
     CHALLENGE_COLUMNS,
     ORDER_COLUMNS,
-    append_audit,
     authorization_with_challenges,
     aware,
     certificate_from_row,
     challenge_from_row,
-    insert_authorization,
-    insert_pending_certificate,
     order_from_rows,
-    order_values,
     to_json_or_none,
-    update_order_row,
+)
+from acme_mt.storage.postgres_writes import (
+    DONE,
+    Chain,
+    authorization_arrays,
+    insert_chain,
+    lock_audit_head,
+    new_order_values,
+    order_row_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,30 +109,11 @@ class PostgresTenantStore(TenantStoreBase):
             belongs to another account.
         """
 
-        async def body(conn: Conn) -> None:
-            await conn.execute(
-                f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-                " $9, $10, $11, $12)",
-                *order_values(order),
-            )
-            for authorization in new_authorizations:
-                await insert_authorization(conn, authorization)
-            linked = await conn.execute(
-                "INSERT INTO order_authorizations (order_id, authorization_id, position)"
-                " SELECT $1, a.id, link.position - 1 FROM unnest($2::text[])"
-                " WITH ORDINALITY AS link (id, position)"
-                " JOIN authorizations a ON a.id = link.id AND a.account_id = $3",
-                order.id,
-                list(order.authorization_ids),
-                order.account_id,
-            )
-            if row_count(linked) != len(order.authorization_ids):
-                raise StoreError("an order may link only its account's authorizations")
-
-        await self._write(body, audit)
+        values = (*new_order_values(order), *authorization_arrays(new_authorizations))
+        await self._call("create_order", values, audit)
 
     async def update_order(self, order: Order, audit: Sequence[AuditEntry] = ()) -> None:
-        await self._write(lambda conn: update_order_row(conn, order), audit)
+        await self._call("update_order", order_row_values(order), audit)
 
     async def get_authorization(self, authorization_id: str) -> Authorization | None:
         async def body(conn: Conn) -> Authorization | None:
@@ -174,39 +154,23 @@ class PostgresTenantStore(TenantStoreBase):
         self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
     ) -> None:
         """Insert an authorization and its challenges outside any order (RFC 8555 §7.4.1)."""
-        await self._write(lambda conn: insert_authorization(conn, authorization), audit)
+        await self._call("create_authorization", authorization_arrays([authorization]), audit)
 
     async def update_authorization(
         self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
     ) -> None:
         """Store an authorization's status and expiry and the state of each challenge."""
-
-        async def body(conn: Conn) -> None:
-            result = await conn.execute(
-                "UPDATE authorizations SET status = $2, expires = $3 WHERE id = $1",
-                authorization.id,
-                authorization.status,
-                aware(authorization.expires),
-            )
-            require_changed(result, "authorization")
-            challenges = authorization.challenges
-            if not challenges:
-                return
-            result = await conn.execute(
-                "UPDATE challenges c SET status = u.status, validated = u.validated,"
-                " error = u.error::jsonb FROM unnest($2::text[], $3::text[],"
-                " $4::timestamptz[], $5::text[]) AS u (id, status, validated, error)"
-                " WHERE c.id = u.id AND c.authorization_id = $1",
-                authorization.id,
-                [c.id for c in challenges],
-                [c.status for c in challenges],
-                [c.validated for c in challenges],
-                [to_json_or_none(c.error) for c in challenges],
-            )
-            if row_count(result) != len(challenges):
-                raise StoreError("no such challenge")
-
-        await self._write(body, audit)
+        challenges = authorization.challenges
+        values = (
+            authorization.id,
+            authorization.status,
+            aware(authorization.expires),
+            [c.id for c in challenges],
+            [c.status for c in challenges],
+            [c.validated for c in challenges],
+            [to_json_or_none(c.error) for c in challenges],
+        )
+        await self._call("update_authorization", values, audit)
 
     # Certificates (RFC 8555 §7.4.2 and §7.6, RFC 7030 §4.2).
 
@@ -277,20 +241,8 @@ class PostgresTenantStore(TenantStoreBase):
     ) -> bool:
         """Move a ready order to processing and record its serial as pending, or do nothing."""
         await self._liveness.hold()
-
-        async def body(conn: Conn) -> bool:
-            result = await conn.execute(
-                "UPDATE orders SET status = 'processing', certificate_serial = $1"
-                " WHERE id = $2 AND status = 'ready'",
-                certificate.serial.lower(),
-                order.id,
-            )
-            if row_count(result) == 0:
-                raise NothingChanged(False)
-            await insert_pending_certificate(conn, certificate, self._liveness.instance)
-            return True
-
-        return await self._write(body, audit)
+        values = (order.id, *self._pending_values(certificate))
+        return await self._call("record_pending_certificate", values, audit) == DONE
 
     async def complete_issuance(
         self, order: Order | None, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
@@ -301,34 +253,20 @@ class PostgresTenantStore(TenantStoreBase):
             valid or revoked already.
         """
 
-        async def body(conn: Conn) -> None:
-            result = await conn.execute(
-                "UPDATE certificates SET der = $2, status = 'valid', not_before = $3,"
-                " not_after = $4 WHERE serial = $1 AND status IN ('pending', 'abandoned')",
-                certificate.serial.lower(),
-                certificate.der,
-                aware(certificate.not_before),
-                aware(certificate.not_after),
-            )
-            require_changed(result, "pending certificate")
-            if order is not None:
-                await update_order_row(conn, order)
-
-        await self._write(body, audit)
+        values = (
+            certificate.serial.lower(),
+            certificate.der,
+            aware(certificate.not_before),
+            aware(certificate.not_after),
+            *order_row_values(order),
+        )
+        await self._call("complete_issuance", values, audit)
 
     async def abandon_issuance(
         self, order: Order | None, serial: str, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        async def body(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE certificates SET status = 'abandoned'"
-                " WHERE serial = $1 AND status = 'pending'",
-                serial.lower(),
-            )
-            if order is not None:
-                await update_order_row(conn, order)
-
-        await self._write(body, audit)
+        values = (serial.lower(), *order_row_values(order))
+        await self._call("abandon_issuance", values, audit)
 
     async def recover_interrupted_issuance(self) -> int:
         """Abandon pending serials of dead processes and make their orders ready again.
@@ -338,7 +276,8 @@ class PostgresTenantStore(TenantStoreBase):
         serials were abandoned, audited as ``issuance.recovered``.
         """
 
-        async def body(conn: Conn) -> int:
+        async def body(conn: Conn) -> tuple[int, Chain | None]:
+            seq, digest = await lock_audit_head(conn)
             pending = await conn.fetch(
                 "SELECT serial, issuer_instance FROM certificates WHERE status = 'pending'"
                 " ORDER BY serial FOR UPDATE"
@@ -360,13 +299,33 @@ class PostgresTenantStore(TenantStoreBase):
                 " WHERE c.serial = orders.certificate_serial AND c.status <> 'abandoned')"
             )
             if not serials and row_count(ready) == 0:
-                raise NothingChanged(0)
+                raise NothingChanged((0, None))
             data = {"abandoned_serials": serials, "orders_made_ready": row_count(ready)}
-            await append_audit(conn, [AuditEntry("issuance.recovered", data)])
+            chain = Chain.after(seq, digest, [AuditEntry("issuance.recovered", data)])
+            await insert_chain(conn, chain)
             logger.info("abandoned %d interrupted issuances", len(serials))
-            return len(serials)
+            return len(serials), chain
 
-        return await self._run(body)
+        head = self._binding.head
+        async with head.lock:
+            abandoned, chain = await self._run(body)
+            if chain is not None:
+                head.learn(*chain.last)
+        return abandoned
+
+    def _pending_values(self, certificate: CertificateRecord) -> tuple[Any, ...]:
+        """A serial about to be signed, naming this process as its signer."""
+        return (
+            certificate.serial.lower(),
+            certificate.account_id,
+            certificate.order_id,
+            aware(certificate.not_before),
+            aware(certificate.not_after),
+            aware(certificate.created),
+            certificate.shard,
+            certificate.channel,
+            self._liveness.instance,
+        )
 
     async def insert_certificate(
         self, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
@@ -376,24 +335,11 @@ class PostgresTenantStore(TenantStoreBase):
         :raises acme_mt.errors.Conflict: the serial exists already.
         """
         await self._liveness.hold()
-        instance = self._liveness.instance
-        await self._write(
-            lambda conn: insert_pending_certificate(conn, certificate, instance), audit
-        )
+        values = (None, *self._pending_values(certificate))
+        await self._call("record_pending_certificate", values, audit)
 
     async def revoke_certificate(
         self, serial: str, reason: int, when: datetime, audit: Sequence[AuditEntry] = ()
     ) -> bool:
-        async def body(conn: Conn) -> bool:
-            result = await conn.execute(
-                "UPDATE certificates SET status = 'revoked', revoked_at = $2,"
-                " revocation_reason = $3 WHERE serial = $1 AND status = 'valid'",
-                serial.lower(),
-                aware(when),
-                reason,
-            )
-            if row_count(result) == 0:
-                raise NothingChanged(False)
-            return True
-
-        return await self._write(body, audit)
+        values = (serial.lower(), aware(when), reason)
+        return await self._call("revoke_certificate", values, audit) == DONE

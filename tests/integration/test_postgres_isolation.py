@@ -214,3 +214,68 @@ async def test_store_rows_carry_their_tenant_id(tenants: TwoTenants) -> None:
         await conn.close()
 
     assert [row["tenant_id"] for row in owners] == ["alpha-id"]
+
+
+# The write functions (acme_mt_functions) bind exactly as plain statements do.
+
+NO_AUDIT = "NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+
+
+async def test_write_function_in_alpha_context_cannot_change_beta(tenants: TwoTenants) -> None:
+    conn = await tenants.app_connection()
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="no such pending certificate"):
+            await conn.fetchval(
+                "SELECT acme_mt_functions.complete_issuance('alpha-id', 'tenant_beta_id',"
+                f" {NO_AUDIT}, '0a', '\\x00', now(), now(),"
+                " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+            )
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.fetchval(
+                "SELECT acme_mt_functions.record_pending_certificate('alpha-id',"
+                f" 'tenant_beta_id', {NO_AUDIT}, NULL, 'ff', 'acct-1', NULL, now(),"
+                " now(), now(), 0, 'acme', 1)"
+            )
+        outside = await conn.fetchval(
+            "SELECT count(*) FROM tenant_beta_id.certificates WHERE serial IN ('0a', 'ff')"
+        )
+    finally:
+        await conn.close()
+
+    assert outside == 0
+    pending = await tenants.beta.get_certificate("0a")
+    assert pending is not None and (pending.status, pending.der) == ("pending", None)
+    assert await tenants.beta.get_certificate("ff") is None
+
+
+async def test_write_functions_run_as_the_caller_and_only_the_app_role_runs_them(
+    tenants: TwoTenants,
+) -> None:
+    conn = await asyncpg.connect(tenants.dsn)  # the superuser, to read the catalogue
+    try:
+        await conn.execute("CREATE ROLE acme_mt_stranger")
+        functions = await conn.fetch(
+            "SELECT p.proname, pg_get_userbyid(p.proowner) AS owner, p.prosecdef,"
+            " has_function_privilege($1, p.oid, 'EXECUTE') AS app,"
+            " has_function_privilege('acme_mt_stranger', p.oid, 'EXECUTE') AS stranger"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'acme_mt_functions' ORDER BY p.proname",
+            APP_ROLE,
+        )
+        await conn.execute("DROP ROLE acme_mt_stranger")
+    finally:
+        await conn.close()
+    app = await tenants.app_connection()
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app.execute(
+                "CREATE OR REPLACE FUNCTION acme_mt_functions.record_audit() RETURNS text"
+                " LANGUAGE sql AS 'SELECT 1::text'"
+            )
+    finally:
+        await app.close()
+
+    assert len(functions) >= 10
+    assert {(f["owner"], f["prosecdef"], f["app"], f["stranger"]) for f in functions} == {
+        (OWNER_ROLE, False, True, False)
+    }
