@@ -15,11 +15,17 @@ then starts ``acme-mt serve`` on the same data, fetches every tenant's ACME
 directory once so each tenant's context is loaded, and reads the server's
 resident memory.
 
+After each onboarding step every new tenant runs one cycle, reported apart
+(``first_cycle_per_tenant``), as the tenants of a running server have issued
+before; then the cycles are measured ``--repeat`` times. Each measurement
+gives the benchmark process's CPU per cycle (PostgreSQL's client; all of
+SQLite, whose threads live here) and, for the throwaway cluster, the
+server's. The summary gives medians and ranges per store and tenant count,
+and PostgreSQL's median rate over SQLite's from the same run.
+
 PostgreSQL runs in a throwaway cluster on disk with its durable defaults
 (``--dsn`` names another); SQLite runs in a temporary data directory. Both
-run on uvloop, as ``acme-mt serve`` does, unless ``--loop asyncio``. Each
-tenant count is measured ``--repeat`` times; the summary gives the median
-and range of each and PostgreSQL's median over SQLite's from the same run.
+run on uvloop, as ``acme-mt serve`` does, unless ``--loop asyncio``.
 Figures only; nothing passes or fails.
 
     bench/store_compare.py --tenants 10,100,1000 --cycles 400 --workers 8 --repeat 3 --memory
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -38,7 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -126,11 +133,17 @@ async def one_cycle(store: TenantStore, account_id: str) -> None:
 
 
 async def run_cycles(
-    stores: list[tuple[TenantStore, str]], cycles: int, workers: int, each_once: bool = False
+    stores: list[tuple[TenantStore, str]],
+    cycles: int,
+    workers: int,
+    each_once: bool = False,
+    server_cpu: Callable[[], float] | None = None,
 ) -> dict[str, float]:
-    """Run ``cycles`` cycles on ``workers`` concurrent tasks; throughput and latency.
+    """Run ``cycles`` cycles on ``workers`` concurrent tasks; throughput, latency and CPU.
 
     Each cycle picks a tenant at random, or with ``each_once`` the next tenant in turn.
+    CPU per cycle is this process's (the client of PostgreSQL; all of SQLite's
+    work, whose threads live here) and, given ``server_cpu``, the server's.
     """
     latencies: list[float] = []
     remaining = cycles
@@ -145,19 +158,47 @@ async def run_cycles(
             await one_cycle(store, account_id)
             latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
+    server_before = server_cpu() if server_cpu else 0.0
+    cpu_before, started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    elapsed = time.perf_counter() - started
-    return {
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    figures = {
         "cycles_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "bench_cpu_ms": round(cpu * 1000 / len(latencies), 2),
     }
+    if server_cpu:
+        figures["server_cpu_ms"] = round((server_cpu() - server_before) * 1000 / len(latencies), 2)
+    return figures
+
+
+def cluster_cpu_seconds(data_dir: Path) -> float:
+    """User and system CPU used so far by a local PostgreSQL: the postmaster and its children."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster:
+            ticks += sum(int(f) for f in fields[11:15])  # its own and its reaped children's
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def measure_backend(
-    settings: Settings, counts: list[int], cycles: int, workers: int, repeat: int
+    settings: Settings,
+    counts: list[int],
+    cycles: int,
+    workers: int,
+    repeat: int,
+    server_cpu: Callable[[], float] | None,
 ) -> list[dict[str, Any]]:
     """Onboard tenants up to each count and run the cycles over all of them, ``repeat`` times."""
     stores_backend = open_store_backend(settings)
@@ -187,7 +228,7 @@ async def measure_backend(
             stores += new
             # Every new tenant issues once before the clock starts, as the tenants of a
             # running server have; these first cycles are reported on their own.
-            first = await run_cycles(new, len(new), workers, each_once=True)
+            first = await run_cycles(new, len(new), workers, True, server_cpu)
             results.append(
                 {
                     "backend": settings.store.backend,
@@ -199,7 +240,7 @@ async def measure_backend(
             )
             print(json.dumps(results[-1]), flush=True)
             for run in range(1, repeat + 1):
-                figures = await run_cycles(stores, cycles, workers)
+                figures = await run_cycles(stores, cycles, workers, server_cpu=server_cpu)
                 results.append(
                     {
                         "backend": settings.store.backend,
@@ -308,7 +349,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 asyncio.run(set_synchronous_commit(dsn, mode))
             env = environment(backend, dsn, str(data_dir / "store-secrets.json"))
             settings = load_settings(None, str(data_dir), env)
-            measured = measure_backend(settings, counts, cycles, args.workers, args.repeat)
+            server_cpu = None
+            if backend == "postgres" and cluster is not None and cluster.data_dir is not None:
+                pgdata = cluster.data_dir / "pgdata"
+                server_cpu = functools.partial(cluster_cpu_seconds, pgdata)
+            measured = measure_backend(
+                settings, counts, cycles, args.workers, args.repeat, server_cpu
+            )
             runs = run_on_loop(measured, args.loop)
             for figures in runs:
                 figures["synchronous_commit"] = mode or None
@@ -335,51 +382,39 @@ def run_on_loop(coroutine: Coroutine[Any, Any, T], loop: str) -> T:
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per tenant count and PostgreSQL commit mode: median rates, ranges, and the ratio.
+    """Medians and range per store and tenant count, and PostgreSQL's rate over SQLite's.
 
-    The ratio is PostgreSQL's median cycles/s over SQLite's, both from this run.
+    ``p50_vs_fewest`` compares a store's median p50 with its own at the fewest
+    tenants; ``ratio_to_sqlite`` divides median rates measured in this run.
     """
-    by_variant: dict[tuple[str, str | None, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for figures in runs:
-        if figures.get("first_cycle_per_tenant"):
-            continue
-        key = (figures["backend"], figures["synchronous_commit"], figures["tenants"])
-        by_variant.setdefault(key, []).append(figures)
+        if not figures.get("first_cycle_per_tenant"):
+            mode = figures["synchronous_commit"]
+            store = figures["backend"] + (f" synchronous_commit={mode}" if mode else "")
+            groups.setdefault((store, figures["tenants"]), []).append(figures)
     summary = []
-    ordered = sorted(by_variant.items(), key=lambda item: (str(item[0][1]), item[0][2]))
-    for (backend, mode, tenants), measured in ordered:
-        if backend != "postgres":
-            continue
+    for (store, tenants), measured in sorted(groups.items()):
         rates = [f["cycles_per_s"] for f in measured]
         line: dict[str, Any] = {
+            "store": store,
             "tenants": tenants,
-            "synchronous_commit": mode,
-            "postgres_cycles_per_s": median(rates),
-            "postgres_range": [min(rates), max(rates)],
-            "postgres_p50_ms": median([f["p50_ms"] for f in measured]),
+            "range": [min(rates), max(rates)],
         }
-        fewest = min(t for (b, m, t) in by_variant if (b, m) == (backend, mode))
-        base = median([f["p50_ms"] for f in by_variant[(backend, mode, fewest)]])
-        line["p50_vs_fewest_tenants"] = round(line["postgres_p50_ms"] / base, 2)
-        sqlite = by_variant.get(("sqlite", None, tenants))
-        if sqlite:
-            sqlite_rates = [f["cycles_per_s"] for f in sqlite]
-            line["sqlite_cycles_per_s"] = median(sqlite_rates)
-            line["sqlite_range"] = [min(sqlite_rates), max(sqlite_rates)]
-            line["ratio"] = round(line["postgres_cycles_per_s"] / line["sqlite_cycles_per_s"], 2)
-        summary.append(line)
-        print(
-            f"{tenants:>5} tenants, synchronous_commit {mode}: PostgreSQL"
-            f" {line['postgres_cycles_per_s']} cycles/s ({min(rates)}-{max(rates)}),"
-            f" p50 {line['postgres_p50_ms']} ms (x{line['p50_vs_fewest_tenants']})"
-            + (
-                f", SQLite {line['sqlite_cycles_per_s']} ({line['sqlite_range'][0]}-"
-                f"{line['sqlite_range'][1]}), ratio {line['ratio']}"
-                if sqlite
-                else ""
-            ),
-            flush=True,
+        for key in ("cycles_per_s", "p50_ms", "bench_cpu_ms", "server_cpu_ms"):
+            if key in measured[0]:
+                line[key] = round(median(f[key] for f in measured), 2)
+        fewest = min(t for s, t in groups if s == store)
+        line["p50_vs_fewest"] = round(
+            line["p50_ms"] / median(f["p50_ms"] for f in groups[(store, fewest)]), 2
         )
+        sqlite = groups.get(("sqlite", tenants))
+        if sqlite and store != "sqlite":
+            line["ratio_to_sqlite"] = round(
+                line["cycles_per_s"] / median(f["cycles_per_s"] for f in sqlite), 2
+            )
+        summary.append(line)
+        print(json.dumps({"summary": line}), flush=True)
     return summary
 
 

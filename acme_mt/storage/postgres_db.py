@@ -183,6 +183,9 @@ async def one_statement(binding: Binding, statement: str, arguments: Sequence[An
         return await conn.fetchval(statement, *arguments)
 
 
+# Limitation: reads and the rarer writes still take three round trips or more
+# (BEGIN with the context, each statement, COMMIT); read functions like the
+# write functions of ``acme_mt.storage.postgres_writes`` would make them one.
 async def in_transaction(
     binding: Binding, body: Callable[[Conn], Awaitable[T]], what: str = "store"
 ) -> T:

@@ -80,7 +80,8 @@ class ConnectionPool:
         if self._closed:
             raise asyncpg.InterfaceError("the store's pool is closed")
         if self._free.locked():
-            await asyncio.wait_for(self._free.acquire(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._free.acquire()
         else:
             await self._free.acquire()
         try:
