@@ -10,6 +10,7 @@ import josepy as jose
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support.acme import AcmeTestClient, make_csr
 from tests.support.flow import authorize_http01, issue, random_name, wait_status
@@ -29,18 +30,12 @@ async def client_for(
 def openssl_verify(tmp_path: Path, chain_pem: str, ca_pem: str) -> subprocess.CompletedProcess[str]:
     certs = x509.load_pem_x509_certificates(chain_pem.encode())
     leaf = tmp_path / "leaf.pem"
-    leaf.write_bytes(certs[0].public_bytes(serialization_pem()))
+    leaf.write_bytes(certs[0].public_bytes(Encoding.PEM))
     ca = tmp_path / "ca.pem"
     ca.write_text(ca_pem)
     return subprocess.run(
         ["openssl", "verify", "-CAfile", str(ca), str(leaf)], capture_output=True, text=True
     )
-
-
-def serialization_pem():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.PEM
 
 
 async def test_issue_download_and_verify_chain(
@@ -105,11 +100,7 @@ async def test_revoke_by_account_then_again_is_already_revoked(
     client = await client_for(live_server, http_session)
     await client.new_account()
     _order, _url, chain = await issue(client, http01_responder, [random_name()])
-    der = x509.load_pem_x509_certificates(chain.encode())[0].public_bytes(
-        __import__(
-            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
-        ).Encoding.DER
-    )
+    der = x509.load_pem_x509_certificates(chain.encode())[0].public_bytes(Encoding.DER)
     payload = {"certificate": jose.b64encode(der).decode(), "reason": 4}
     first = await client.post(client.directory["revokeCert"], payload)
     assert first.status == 200, first.body
@@ -133,8 +124,6 @@ async def test_revoke_by_certificate_key(
     await client.post(order["finalize"], {"csr": jose.b64encode(csr).decode()})
     order = await wait_status(client, reply.location, {"valid"})
     chain = (await client.post(order["certificate"])).body
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     der = x509.load_pem_x509_certificates(chain)[0].public_bytes(Encoding.DER)
     payload = {"certificate": jose.b64encode(der).decode(), "reason": 1}
     stranger = AcmeTestClient(http_session, client.directory_url, client.ssl_context)
@@ -155,8 +144,6 @@ async def test_bad_revocation_reason(
     client = await client_for(live_server, http_session)
     await client.new_account()
     _o, _u, chain = await issue(client, http01_responder, [random_name()])
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     der = x509.load_pem_x509_certificates(chain.encode())[0].public_bytes(Encoding.DER)
     reply = await client.post(
         client.directory["revokeCert"], {"certificate": jose.b64encode(der).decode(), "reason": 7}
