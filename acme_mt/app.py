@@ -12,11 +12,12 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -37,7 +38,7 @@ from acme_mt.tenancy.lifecycle import (
 )
 from acme_mt.validation import Validator
 from acme_mt.web.keys import AUTHORITY, LOG_EVERY_REQUEST, SETTINGS, TENANTS
-from acme_mt.web.middleware import request_context
+from acme_mt.web.middleware import relying_party_routes, request_context
 from acme_mt.web.routes import acme_routes
 from crl import setup_crl
 from est import register_est
@@ -97,9 +98,11 @@ async def open_services(settings: Settings, *, bootstrap: bool = True) -> Servic
     )
 
 
-def _base_app(services: Services, *, log_every_request: bool) -> web.Application:
+def _base_app(
+    services: Services, middlewares: Sequence[Middleware], *, log_every_request: bool
+) -> web.Application:
     app = web.Application(
-        middlewares=[request_context], client_max_size=services.settings.server.max_body_bytes
+        middlewares=middlewares, client_max_size=services.settings.server.max_body_bytes
     )
     app[LOG_EVERY_REQUEST] = log_every_request
     app[SETTINGS] = services.settings
@@ -117,7 +120,7 @@ def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> 
     With the listener's ``tls_context``, EST keeps its client-certificate trust
     store holding every tenant CA.
     """
-    app = _base_app(services, log_every_request=True)
+    app = _base_app(services, [request_context], log_every_request=True)
     app.add_routes(acme_routes())
     app.add_routes(public_routes())
     register_est(
@@ -143,13 +146,16 @@ def https_app(services: Services, tls_context: ssl.SSLContext | None = None) -> 
 def http_app(services: Services) -> web.Application:
     """OCSP, CRLs, CA certificates and health.
 
-    OCSP is registered first: the router tries routes in order, and OCSP is the
-    busiest resource of this listener.
+    No middleware: CRLs, CA certificates and health run in the relying-party
+    request context (``relying_party_routes``), and the OCSP endpoint, the
+    busiest by far, keeps its own. OCSP is registered first because the
+    router tries routes in order.
     """
-    app = _base_app(services, log_every_request=services.settings.server.log_relying_party_requests)
-    setup_ocsp(app, services)
-    setup_crl(app, services)
-    app.add_routes(public_routes())
+    log_every_request = services.settings.server.log_relying_party_requests
+    app = _base_app(services, [], log_every_request=log_every_request)
+    app.add_routes(setup_ocsp(app, services))
+    routes = [*setup_crl(app, services), *public_routes()]
+    app.add_routes(relying_party_routes(routes, log_every_request=log_every_request))
     return app
 
 

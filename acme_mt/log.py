@@ -8,8 +8,11 @@ One JSON event per request goes to the ``acme_mt.request`` logger.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import re
+import secrets
 import sys
 from typing import Any
 
@@ -17,6 +20,17 @@ tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", defau
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 request_logger = logging.getLogger("acme_mt.request")
+
+_PROCESS_PREFIX = secrets.token_hex(4)
+_SEQUENCE = itertools.count(1)
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id_for(offered: str | None) -> str:
+    """The caller's ``X-Request-Id`` when it is safe to log, else a process-unique id."""
+    if offered and _SAFE_ID.fullmatch(offered):
+        return offered
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE):x}"
 
 
 class ContextFilter(logging.Filter):

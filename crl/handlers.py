@@ -126,8 +126,8 @@ def crl_routes() -> list[web.RouteDef]:
     ]
 
 
-def setup_crl(app: web.Application, services: Services) -> None:
-    """Register the CRL routes and the publishers that sign behind them.
+def setup_crl(app: web.Application, services: Services) -> list[web.RouteDef]:
+    """Set up the publishers that sign CRLs; returns the routes that serve them.
 
     Limitation: a suspended or offboarded tenant's CRLs stop being served with
     the tenant, though RFC 5280 relying parties still need them until its
@@ -147,7 +147,6 @@ def setup_crl(app: web.Application, services: Services) -> None:
     app[TENANT_RESOLVER] = services.tenants
     app[TENANT_CRLS] = tenants
     app[ROOT_CRL] = root
-    app.add_routes(crl_routes())
 
     async def publishing(_app: web.Application) -> AsyncIterator[None]:
         tenants.start()
@@ -161,6 +160,7 @@ def setup_crl(app: web.Application, services: Services) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(publishing)
+    return crl_routes()
 
 
 async def _run_schedule(tenants: TenantCrlPublisher, root: RootCrlPublisher) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from email.utils import format_datetime
 
+from multidict import CIMultiDict
+
 logger = logging.getLogger(__name__)
 
 #: (hash name, serial, CertID bytes or b"" for the usual encoding).
@@ -71,20 +73,24 @@ class CachedResponse:
             "Expires": http_date(next_update),
         }
         self._second = -1
-        self._headers = self._fixed
+        self._headers: CIMultiDict[str] = CIMultiDict(self._fixed)
 
     def max_age(self, now: float) -> int:
         """Seconds a cache may keep this response: up to its nextUpdate (RFC 5019 §6.2)."""
         return max(0, int(self.expires_at - now))
 
-    def headers(self, now: float) -> dict[str, str]:
-        """Content-Type, Cache-Control, ETag, Last-Modified and Expires; do not modify."""
+    def headers(self, now: float) -> CIMultiDict[str]:
+        """Content-Type, Cache-Control, ETag, Last-Modified and Expires, the caller's own copy.
+
+        Only max-age moves, once a second, so the set is built once a second
+        and copied (in C) for each response.
+        """
         second = int(now)
         if second != self._second:
             cache_control = f"max-age={self.max_age(now)}, public, no-transform, must-revalidate"
-            self._headers = {**self._fixed, "Cache-Control": cache_control}
+            self._headers = CIMultiDict({**self._fixed, "Cache-Control": cache_control})
             self._second = second
-        return self._headers
+        return self._headers.copy()
 
 
 # Limitation: every replica keeps and signs its own cache (about 2 KB a

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -27,13 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.ocsp import OCSPResponseBuilder, OCSPResponseStatus
 
 from acme_mt.errors import TenantUnavailable
-from acme_mt.log import tenant_var
+from acme_mt.log import log_request_event, request_id_for, request_id_var, tenant_var
 from ocsp.cache import OCSP_RESPONSE, CachedResponse
 from ocsp.request import MAX_REQUEST_BYTES, OcspError, decode_get_path, parse_request
+from ocsp.responder import TenantResponder
 from ocsp.service import OcspService
 
 if TYPE_CHECKING:
     from acme_mt.app import Services
+    from acme_mt.tenancy.context import TenantContext
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ def cached_response(request: web.Request, cached: CachedResponse) -> web.Respons
     if "If-None-Match" in request.headers:
         tags = request.if_none_match or ()
         if any(tag.value in (cached.etag, "*") for tag in tags):
-            validators = {k: v for k, v in headers.items() if k != "Content-Type"}
-            return web.Response(status=304, headers=validators)
+            del headers["Content-Type"]
+            return web.Response(status=304, headers=headers)
     return web.Response(body=cached.der, headers=headers)
 
 
@@ -83,78 +85,119 @@ def _raw_tail(raw_path: str) -> str:
     return rest[len("ocsp/") :] if rest.startswith("ocsp/") else ""
 
 
-async def ocsp_get(request: web.Request) -> web.Response:
-    """RFC 6960 appendix A.1: the request, base64 and URL-encoded, in the path."""
-    tail = _raw_tail(request.raw_path)
-    return await _respond(request, tail, lambda: decode_get_path(tail))
+async def ocsp_endpoint(request: web.Request) -> web.StreamResponse:
+    """RFC 6960 appendix A.1: GET with the request base64 and URL-encoded in the
+    path, or POST with the DER request (at most 64 KiB) as the body.
 
-
-async def ocsp_post(request: web.Request) -> web.Response:
-    """RFC 6960 appendix A.1: the DER request as the body (at most 64 KiB)."""
-    if (request.content_length or 0) > MAX_REQUEST_BYTES:
-        return web.Response(status=413, text="Request Entity Too Large")
-    body = await request.read()
-    return await _respond(request, body, lambda: body)
-
-
-async def _respond(
-    request: web.Request, as_sent: str | bytes, read: Callable[[], bytes]
-) -> web.Response:
-    """Answer the request that arrived as ``as_sent`` (GET path or POST body).
-
-    A request whose exact bytes were answered from the cache before is
-    answered again without decoding or parsing.
+    Both methods share one route, so the router matches one pattern, not two.
+    A request whose exact bytes were answered from the cache before (the raw
+    GET path, the POST body) is answered again without decoding or parsing,
+    and without a request id: nothing on that path logs. Everything else runs
+    in a request context of its own (see :func:`_answer_in_context`).
     """
+    tenant_var.set("-")
+    request_id_var.set("-")
+    method = request.method
+    as_sent: str | bytes
+    if method == "GET" or method == "HEAD":
+        as_sent = request.raw_path
+    elif method == "POST":
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return _logged(request, web.Response(status=413, text="Request Entity Too Large"))
+        as_sent = await request.read()
+    else:
+        allow = {"Allow": "GET, HEAD, POST"}
+        return _logged(request, web.Response(status=405, text="Method Not Allowed", headers=allow))
+
     service = request.app[OCSP_SERVICE]
-    try:
-        tenant = await service.tenants.resolve(request.match_info["slug"])
-    except TenantUnavailable:
-        return status_response(OCSPResponseStatus.TRY_LATER)
+    slug = request.match_info["slug"]
+    tenant = service.tenants.built(slug)
+    if tenant is None:
+        try:
+            tenant = await service.tenants.resolve(slug)
+        except TenantUnavailable:
+            return status_response(OCSPResponseStatus.TRY_LATER)
     if tenant is None or not tenant.policy.ocsp:
         return status_response(OCSPResponseStatus.UNAUTHORIZED)
-    tenant_var.set(tenant.slug)
     responder = service.responder(tenant)
+    cached = responder.cache.for_request(as_sent)
+    if cached is not None:
+        response = cached_response(request, cached)
+    else:
+        response = await _answer_in_context(request, tenant, responder, as_sent)
+    if service.log_requests:
+        tenant_var.set(tenant.slug)
+        return _logged(request, response)
+    return response
 
+
+async def _answer_in_context(
+    request: web.Request, tenant: TenantContext, responder: TenantResponder, as_sent: str | bytes
+) -> web.Response:
+    """Decode, parse and answer a request not seen before, with its request id and tenant.
+
+    Every failure is answered in OCSP terms (an unsigned status, HTTP 200),
+    as OCSP clients expect; an unexpected one is logged with the request id.
+    """
+    request_id = request_id_for(request.headers.get("X-Request-Id"))
+    request_id_var.set(request_id)
+    tenant_var.set(tenant.slug)
     try:
-        cached = responder.cache.for_request(as_sent)
-        if cached is not None:
-            return cached_response(request, cached)
-        query = parse_request(read())
+        der = decode_get_path(_raw_tail(as_sent)) if isinstance(as_sent, str) else as_sent
+        query = parse_request(der)
         answer = await responder.answer(query, as_sent, nonce_allowed=tenant.policy.ocsp_nonce)
     except OcspError as exc:
         logger.debug("OCSP request refused: %s", exc)
-        return status_response(exc.status)
+        response = status_response(exc.status)
     except Exception:
         logger.exception("OCSP answer failed")
-        return status_response(OCSPResponseStatus.INTERNAL_ERROR)
-    if isinstance(answer, CachedResponse):
-        return cached_response(request, answer)
-    return web.Response(body=answer, content_type=OCSP_RESPONSE, headers=_NO_STORE)
+        response = status_response(OCSPResponseStatus.INTERNAL_ERROR)
+    else:
+        if isinstance(answer, CachedResponse):
+            response = cached_response(request, answer)
+        else:
+            response = web.Response(body=answer, content_type=OCSP_RESPONSE, headers=_NO_STORE)
+    response.headers["X-Request-Id"] = request_id
+    return response
 
 
-async def ocsp_endpoint(request: web.Request) -> web.Response:
-    """Both methods on one route, so the router matches one pattern, not two."""
-    if request.method in ("GET", "HEAD"):
-        return await ocsp_get(request)
-    if request.method == "POST":
-        return await ocsp_post(request)
-    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+def _logged(request: web.Request, response: web.Response) -> web.Response:
+    """``response`` with its request's event logged: HTTP-level refusals (method,
+    size) always, like failures on every listener, and every answer when the
+    server logs all relying-party requests."""
+    request_id = response.headers.get("X-Request-Id") or request_id_for(
+        request.headers.get("X-Request-Id")
+    )
+    response.headers["X-Request-Id"] = request_id
+    event = {"method": request.method, "path": request.path, "id": request_id}
+    if tenant_var.get() != "-":
+        event["tenant"] = tenant_var.get()
+    log_request_event({**event, "status": response.status})
+    return response
 
 
 def ocsp_routes() -> list[web.RouteDef]:
     # ``slug``, not ``tenant``: the responder answers unknown tenants itself,
-    # in OCSP terms, instead of the middleware's 404.
+    # in OCSP terms, instead of the request context's 404.
     return [web.route("*", "/{slug}/ocsp{tail:(/.*)?}", ocsp_endpoint)]
 
 
-def setup_ocsp(app: web.Application, services: Services) -> None:
-    """Register the OCSP routes, the certificate-event listeners and the signing schedule."""
+def setup_ocsp(app: web.Application, services: Services) -> list[web.RouteDef]:
+    """Set up the responder, its certificate-event listeners and signing schedule.
+
+    Returns the routes to serve. The OCSP endpoint keeps its own request
+    context (ids, tenant, errors in OCSP terms), so it needs no wrapper.
+    """
     executor = ThreadPoolExecutor(max_workers=SIGNING_THREADS, thread_name_prefix="ocsp")
-    service = OcspService(services.tenants, services.registry, executor)
+    service = OcspService(
+        services.tenants,
+        services.registry,
+        executor,
+        log_requests=services.settings.server.log_relying_party_requests,
+    )
     services.events.on_issued(service.issued)
     services.events.on_revoked(service.revoked)
     app[OCSP_SERVICE] = service
-    app.add_routes(ocsp_routes())
 
     async def responding(_app: web.Application) -> AsyncIterator[None]:
         tasks = [
@@ -171,3 +214,4 @@ def setup_ocsp(app: web.Application, services: Services) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(responding)
+    return ocsp_routes()

@@ -41,8 +41,12 @@ class OcspService:
         registry: RegistryStore,
         executor: Executor | None = None,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        log_requests: bool = False,
     ) -> None:
         self.tenants = tenants
+        #: Log every request's event, not only HTTP-level failures.
+        self.log_requests = log_requests
         self._registry = registry
         self._executor = executor
         self._clock = clock

@@ -55,6 +55,14 @@ class TenantDirectory:
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: dict[str, float] = {}
 
+    def built(self, slug: str) -> TenantContext | None:
+        """The tenant's context if it is already built, without touching the registry.
+
+        For hot paths that would otherwise pay a coroutine to learn what a dict
+        holds; on None, call :meth:`resolve`.
+        """
+        return self._contexts.get(slug)
+
     async def resolve(self, slug: str) -> TenantContext | None:
         """The active tenant named ``slug``, or None for unknown and hidden alike.
 

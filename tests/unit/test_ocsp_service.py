@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -178,3 +180,29 @@ async def test_unknown_and_disabled_tenants_get_the_same_unauthorized_bytes(
     status, _, body = answers.pop()
     assert status == 200
     assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
+async def test_request_ids_go_with_answers_that_can_leave_a_trace(
+    services: Services,
+    client: tuple[TestClient[web.Request, web.Application], OcspService],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="acme_mt.request")
+    http, service = client
+    tenant = await add_tenant(services, "traced")
+    leaf = await issue(tenant)
+    path = get_path(tenant, leaf.serial_number)
+    await http.get(path)
+    await asyncio.gather(*service._warming.values())
+
+    fresh = await http.get(get_path(tenant, 4242), headers={"X-Request-Id": "rp-1"})
+    assert fresh.status == 200 and fresh.headers["X-Request-Id"] == "rp-1"
+    assert fresh.headers["Cache-Control"] == "no-store"
+    hit = await http.get(path)
+    assert hit.status == 200 and "X-Request-Id" not in hit.headers
+    refused = await http.put(f"/{tenant.slug}/ocsp", data=b"\x30\x00")
+    assert refused.status == 405 and refused.headers["Allow"] == "GET, HEAD, POST"
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "acme_mt.request"]
+    assert [(e["method"], e["status"], e["id"]) for e in logged] == [
+        ("PUT", 405, refused.headers["X-Request-Id"])
+    ]
