@@ -18,8 +18,15 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    """An unguessable identifier for URLs: 128 random bits, base64url."""
-    return secrets.token_urlsafe(16)
+    """An unguessable identifier for URLs: 128 random bits, base64url.
+
+    Never one that begins with ``-``: identifiers such as an EAB kid are pasted
+    after an option on a command line (certbot's ``--eab-kid``), where a leading
+    dash reads as another option.
+    """
+    while (value := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return value
 
 
 def rfc3339(moment: datetime) -> str:
