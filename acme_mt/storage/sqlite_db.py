@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +80,21 @@ class SqliteDatabase:
             except _ReaderBusy:
                 pass
         return await self._submit(functools.partial(_read, body))
+
+    async def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """The rows of one SELECT, without an explicit transaction.
+
+        A single statement in autocommit mode reads one snapshot of its own, so
+        it needs no BEGIN and COMMIT around it: half the SQLite calls of
+        :meth:`read`, on the hottest reads (an account per JWS, say).
+        """
+        reader = self._reader
+        if reader is not None:
+            try:
+                return _guarded(functools.partial(_select, sql, params), reader, self.path)
+            except _ReaderBusy:
+                pass
+        return await self._submit(functools.partial(_select, sql, params))
 
     async def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` on the worker in one ``BEGIN IMMEDIATE`` transaction.
@@ -169,6 +184,10 @@ def _guarded(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, p
 
 def _is_reader(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("PRAGMA query_only").fetchone()[0])
+
+
+def _select(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
 
 
 def _read(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -81,7 +81,7 @@ class SqliteTenantStore:
         return await self._db.write(run)
 
     async def _read_one(self, query: str, key: str) -> sqlite3.Row | None:
-        rows = await self._db.read(lambda conn: conn.execute(query, (key,)).fetchall())
+        rows = await self._db.query(query, (key,))
         return rows[0] if rows else None
 
     # Accounts and EAB keys (RFC 8555 §7.3).
