@@ -37,6 +37,27 @@ class SignedRequest:
         return self.account
 
 
+#: Parsed account keys by RFC 7638 thumbprint, shared by every tenant: a
+#: thumbprint names exactly one key, so the entry can never be another's.
+_ACCOUNT_KEYS: dict[str, jose.JWK] = {}
+ACCOUNT_KEY_CACHE_SIZE = 10_000
+
+
+def account_key(account: Account) -> jose.JWK:
+    """The account's public key, decoded once per key rather than once per request.
+
+    Decoding a JWK builds a cryptography key object (an EC point check, an
+    RSA modulus), which costs as much as the rest of the look-up together.
+    """
+    jwk = _ACCOUNT_KEYS.get(account.thumbprint)
+    if jwk is None:
+        jwk = load_jwk(account.jwk)
+        if len(_ACCOUNT_KEYS) >= ACCOUNT_KEY_CACHE_SIZE:
+            _ACCOUNT_KEYS.clear()
+        _ACCOUNT_KEYS[account.thumbprint] = jwk
+    return jwk
+
+
 def request_url(request: web.Request) -> str:
     """The URL the client addressed, as it must appear in the JWS ``url`` header."""
     return request.app[SETTINGS].server.https_url.rstrip("/") + request.raw_path
@@ -65,7 +86,7 @@ async def authenticate(request: web.Request, *, use_jwk: bool = False) -> Signed
         account = await tenant.store.get_account(account_id) if account_id else None
         if account is None:
             raise AcmeProblem("accountDoesNotExist", "No account exists for this kid")
-        jwk = load_jwk(account.jwk)
+        jwk = account_key(account)
     elif use_jwk:
         jwk = load_jwk(header.jwk)
     else:
