@@ -8,6 +8,7 @@ resolver's own address stays in the debug log.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: One CAA record as published (RFC 8659 §4.1): flags, tag and the raw value.
 CaaRecord = tuple[int, str, bytes]
+
+#: CAA answers kept at most, per server process.
+CAA_CACHE_SIZE = 50_000
 
 
 class Deadline:
@@ -70,6 +74,23 @@ class Resolver:
         self._resolver.port = port
         self._name = address
 
+    @functools.cached_property
+    def _caa_resolver(self) -> dns.asyncresolver.Resolver:
+        """The same resolver with a cache, for CAA alone.
+
+        CAA answers, empty ones included (RFC 2308 negative caching, by the
+        SOA minimum), are kept for their TTL as any recursive resolver keeps
+        them: every name's climb ends at the same parents and the same TLD,
+        and finalize checks the names once more. Addresses and TXT records
+        are always asked afresh, since a client changes them just before it
+        asks for validation.
+        """
+        caching = dns.asyncresolver.Resolver(configure=False)
+        caching.nameservers = list(self._resolver.nameservers)
+        caching.port = self._resolver.port
+        caching.cache = dns.resolver.LRUCache(CAA_CACHE_SIZE)
+        return caching
+
     async def first_address(self, name: str, timeout: float | None = None) -> str:
         """The address to connect to: the first A record, else the first AAAA.
 
@@ -104,7 +125,7 @@ class Resolver:
         :raises AcmeProblem: ``dns`` when the look-up fails, which RFC 8659
             §3 says must stop issuance.
         """
-        records = await self._query(name, "CAA", timeout, missing_ok=True)
+        records = await self._query(name, "CAA", timeout, missing_ok=True, cached=True)
         return [(int(r.flags), r.tag.decode("ascii", "replace"), bytes(r.value)) for r in records]
 
     async def _query(
@@ -114,6 +135,7 @@ class Resolver:
         timeout: float | None,
         *,
         missing_ok: bool = False,
+        cached: bool = False,
     ) -> list[Any]:
         """The records of one type at one name; an empty answer is []."""
         lifetime = self._timeout if timeout is None else timeout
@@ -123,7 +145,8 @@ class Resolver:
             raise AcmeProblem("dns", detail)
 
         try:
-            answer = await self._resolver.resolve(
+            resolver = self._caa_resolver if cached else self._resolver
+            answer = await resolver.resolve(
                 dns.name.from_text(name),
                 rdtype,
                 lifetime=lifetime,
