@@ -2,10 +2,13 @@
 
 Certificates (RFC 5280 §4), CRLs (RFC 5280 §5) and OCSP responses (RFC 6960
 §4.2) are all built by pyca/cryptography builders whose ``sign`` calls the key's
-own ``sign``. A key held on a PKCS#11 token blocks inside that call, so every
-signature here runs in a worker thread (or a caller's executor), never on the
-event loop. The hash follows the key: SHA-384 for P-384, SHA-256 otherwise
-(RFC 5758 §3.2 pairs each curve with its hash).
+own ``sign``. A key held on a PKCS#11 token blocks inside that call, so such a
+signature runs in a worker thread (or a caller's executor), never on the event
+loop. An elliptic-curve key that cryptography itself holds in memory (the file
+key store's) signs in tens of microseconds without blocking, less than the
+hand-off to a thread costs, so it signs in place. The hash follows the key:
+SHA-384 for P-384, SHA-256 otherwise (RFC 5758 §3.2 pairs each curve with its
+hash).
 """
 
 from __future__ import annotations
@@ -46,9 +49,22 @@ def signature_hash(key: SigningKey | PublicKey) -> SignatureHash:
     return hashes.SHA256()
 
 
+def signs_in_place(key: SigningKey) -> bool:
+    """Whether ``key`` is one of cryptography's own in-memory EC keys.
+
+    RSA keys stay off the loop even in memory: a 4096-bit signature takes
+    milliseconds. Anything else (a PKCS#11 handle) may wait on a device.
+    """
+    return isinstance(key, ec.EllipticCurvePrivateKey) and type(key).__module__.startswith(
+        "cryptography."
+    )
+
+
 async def sign(builder: Signable[T_co], key: SigningKey, executor: Executor | None = None) -> T_co:
-    """Sign a builder in a worker thread so a blocking key never stalls the loop."""
+    """Sign a builder; a key that may block signs in a worker thread, off the loop."""
     algorithm = signature_hash(key)
+    if signs_in_place(key):
+        return builder.sign(key, algorithm)
     if executor is None:
         return await asyncio.to_thread(builder.sign, key, algorithm)
     loop = asyncio.get_running_loop()

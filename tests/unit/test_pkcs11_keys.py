@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_ds
 from pkcs11 import Mechanism
 
 from acme_mt.errors import KeyStoreError
+from acme_mt.issuance.signer import SignatureHash, sign, signs_in_place
+from acme_mt.keystores.base import SigningKey
 from acme_mt.keystores.pkcs11_keys import (
     KeyInfo,
     Pkcs11EcKey,
@@ -237,3 +239,32 @@ def test_gate_exclusive_waits_for_calls_and_holds_back_new_ones() -> None:
     reader.join(5)
 
     assert order == ["first call ends", "exclusive", "late call"]
+
+
+class _ThreadRecordingBuilder:
+    """A Signable that notes which thread signed and returns the signature."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def sign(self, private_key: SigningKey, algorithm: SignatureHash) -> bytes:
+        self.threads.append(threading.get_ident())
+        assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+        return private_key.sign(b"tbs", ec.ECDSA(algorithm))
+
+
+async def test_token_keys_sign_off_the_loop_and_memory_ec_keys_in_place() -> None:
+    token_key, token = _ec_key(ec.SECP256R1())
+    memory_key = ec.generate_private_key(ec.SECP256R1())
+    builder = _ThreadRecordingBuilder()
+
+    on_token = await sign(builder, token_key)
+    in_memory = await sign(builder, memory_key)
+
+    token_key.public_key().verify(on_token, b"tbs", ec.ECDSA(hashes.SHA256()))
+    memory_key.public_key().verify(in_memory, b"tbs", ec.ECDSA(hashes.SHA256()))
+    assert builder.threads[0] != threading.get_ident()
+    assert builder.threads[1] == threading.get_ident()
+    assert not signs_in_place(token_key)
+    assert not signs_in_place(rsa.generate_private_key(65537, 2048))
+    assert token.calls
