@@ -4,7 +4,8 @@
 ACME servers resolve the ordered names before they fetch http-01 answers
 (RFC 8555 §8.3). Pointed at this stub, they reach the load generator's
 responder on loopback for any random name. Every other query type gets an
-empty NOERROR answer, so AAAA, CAA (RFC 8659) and TXT look-ups find nothing.
+empty NOERROR answer with the zone's SOA (RFC 2308), so AAAA, CAA (RFC 8659)
+and TXT look-ups find nothing, for as long as a zone's usual TTL (300 s).
 It answers over UDP and TCP (RFC 1035 §4.2), on loopback only, from one event
 loop rather than a thread per query, so it takes little CPU from the server
 being measured. It exits after --lifetime seconds or on SIGTERM/SIGINT.
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from dnslib import QTYPE, RR, A, DNSError, DNSRecord
+from dnslib import QTYPE, RR, SOA, A, DNSError, DNSLabel, DNSRecord
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class LoopbackAnswers:
         question = request.q
         if question.qtype == QTYPE.A:
             reply.add_answer(RR(question.qname, QTYPE.A, rdata=self._address, ttl=self._ttl))
+        else:
+            # RFC 2308 §3: a negative answer carries its zone's SOA, whose
+            # minimum bounds how long resolvers may keep it.
+            zone = DNSLabel(question.qname.label[-1:])
+            soa = SOA(f"ns.{zone}", f"hostmaster.{zone}", (1, 3600, 600, 86400, self._ttl))
+            reply.add_auth(RR(zone, QTYPE.SOA, rdata=soa, ttl=self._ttl))
         wire: bytes = reply.pack()
         return wire
 
@@ -134,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8053, help="UDP and TCP port")
     parser.add_argument("--address", type=loopback, default="127.0.0.1", help="listen address")
     parser.add_argument("--answer", type=loopback, default="127.0.0.1", help="the A record")
-    parser.add_argument("--ttl", type=int, default=0, help="TTL of the answers")
+    parser.add_argument(
+        "--ttl", type=int, default=300, help="TTL of the answers and negative-caching minimum"
+    )
     parser.add_argument("--lifetime", type=float, default=3600.0, help="exit after seconds")
     opts = parser.parse_args(argv)
     if ipaddress.ip_address(opts.answer).version != 4:

@@ -3,10 +3,9 @@
 
 The run prepares a data directory with N tenants (default 100), each with one
 certificate issued straight through the tenant's issuer and store (no ACME:
-this measures the responder), and starts three servers on loopback:
-``acme-mt serve`` as shipped, the same plain-HTTP app with the per-request log
-line turned off, and the ceiling, a bare aiohttp handler returning fixed bytes
-of the same size on the same event loop (uvloop). Once every tenant's response
+this measures the responder), and starts two servers on loopback:
+``acme-mt serve`` as shipped, and the ceiling, a bare aiohttp handler returning
+fixed bytes of the same size on the same event loop (uvloop). Once every tenant's response
 is pre-signed, wrk sends GET requests to each server in turn, all for one
 tenant and then round-robin over every tenant, for several rounds, so that a
 change in the machine's load falls on every configuration alike. It prints
@@ -136,8 +135,8 @@ async def prepare(data_dir: Path, count: int) -> list[str]:
     return paths
 
 
-def start_server(data_dir: Path, port: int, *, quiet: bool) -> subprocess.Popen[bytes]:
-    """``acme-mt serve``, or with ``quiet`` its HTTP app without the request log line."""
+def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """``acme-mt serve`` on the embedded defaults, its plain listener on ``port``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_MT_")}
     env.update(
         ACME_MT_SERVER_HTTP_LISTEN=f"127.0.0.1:{port}",
@@ -146,8 +145,6 @@ def start_server(data_dir: Path, port: int, *, quiet: bool) -> subprocess.Popen[
     )
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - the process owns it
     command = [sys.executable, "-m", "acme_mt", "serve", "--data-dir", str(data_dir)]
-    if quiet:
-        command = [sys.executable, __file__, "--serve-quiet", str(data_dir), str(port)]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -171,25 +168,6 @@ def wait_presigned(base: str, paths: list[str], process: subprocess.Popen[bytes]
                 pass
             time.sleep(0.2)
     return size
-
-
-async def serve_quiet(data_dir: str, port: int) -> None:
-    """The server's plain-HTTP app as ``serve`` builds it, minus the per-request log line."""
-    from aiohttp import web
-
-    from acme_mt.app import http_app
-    from acme_mt.log import setup_logging
-
-    setup_logging()
-    logging.getLogger("acme_mt.request").setLevel(logging.WARNING)
-    settings = Settings(
-        server=ServerSettings(data_dir=data_dir, http_url=f"http://127.0.0.1:{port}")
-    )
-    services = await open_services(settings)
-    runner = web.AppRunner(http_app(services), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
 
 
 async def serve_bare(port: int, size: int) -> None:
@@ -254,8 +232,6 @@ def run_wrk(url: str, opts: argparse.Namespace, script: Path | None) -> dict[str
 CONFIGS = (
     ("one_tenant", "OCSP, one tenant", "serve", False),
     ("spread", "OCSP, spread over {n} tenants", "serve", True),
-    ("one_tenant_quiet", "OCSP, one tenant, no request log", "quiet", False),
-    ("spread_quiet", "OCSP, {n} tenants, no request log", "quiet", True),
     ("bare", "bare aiohttp, one path", "bare", False),
     ("bare_spread", "bare aiohttp, {n} paths", "bare", True),
 )
@@ -286,15 +262,10 @@ def measure(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = asyncio.run(prepare(data_dir, opts.tenants))
     script = work / "round_robin.lua"
     script.write_text(_ROUND_ROBIN % ", ".join(json.dumps(p) for p in paths))
-    ports = {"serve": free_port(), "quiet": free_port(), "bare": free_port()}
-    processes = [
-        start_server(data_dir, ports["serve"], quiet=False),
-        start_server(data_dir, ports["quiet"], quiet=True),
-    ]
+    ports = {"serve": free_port(), "bare": free_port()}
+    processes = [start_server(data_dir, ports["serve"])]
     try:
-        size = 0
-        for name, process in zip(("serve", "quiet"), processes, strict=True):
-            size = wait_presigned(f"http://127.0.0.1:{ports[name]}", paths, process)
+        size = wait_presigned(f"http://127.0.0.1:{ports['serve']}", paths, processes[0])
         processes.append(start_bare(ports["bare"], size))
         warm = replace_seconds(opts, 1)
         for port in ports.values():
@@ -317,11 +288,11 @@ def measure(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     figures: dict[str, Any] = {key: summarise(found) for key, found in runs.items()}
     figures["non_2xx"] = sum(run["non_2xx"] for found in runs.values() for run in found)
-    for key in ("one_tenant", "spread", "one_tenant_quiet", "spread_quiet"):
+    for key in ("one_tenant", "spread"):
         bound = figures["bare_spread" if "spread" in key else "bare"]["cpu_us_per_request"]
         mine = figures[key]["cpu_us_per_request"]
         figures[f"ratio_{key}_cpu"] = round(bound / mine, 3) if mine else 0.0
-    for key in ("one_tenant", "spread", "one_tenant_quiet", "spread_quiet"):
+    for key in ("one_tenant", "spread"):
         bound = figures["bare_spread" if "spread" in key else "bare"]
         for pick in ("best", "median"):
             top = bound[pick]["requests_per_second"]
@@ -362,11 +333,8 @@ def render(figures: dict[str, Any]) -> str:
         )
     lines.append(f"non-2xx responses, all runs: {figures['non_2xx']}")
     for pick, title in (("best", "best"), ("median", "median"), ("cpu", "CPU per request")):
-        ratios = [figures[f"ratio_{key}_{pick}"] for key, *_ in CONFIGS[:4]]
-        lines.append(
-            f"ratio to the ceiling ({title}): one tenant {ratios[0]:.2f}, spread "
-            f"{ratios[1]:.2f}; without the request log line {ratios[2]:.2f} and {ratios[3]:.2f}"
-        )
+        one, spread = figures[f"ratio_one_tenant_{pick}"], figures[f"ratio_spread_{pick}"]
+        lines.append(f"ratio to the ceiling ({title}): one tenant {one:.2f}, spread {spread:.2f}")
     return "\n".join(lines)
 
 
@@ -380,7 +348,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--serve-bare", type=int, nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-quiet", nargs=2, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if not 1 <= opts.tenants <= 1000 or not 1 <= opts.seconds <= MAX_SECONDS:
         parser.error(f"--tenants is 1 to 1000 and --seconds 1 to {MAX_SECONDS}")
@@ -391,13 +358,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    if opts.serve_bare or opts.serve_quiet:
+    if opts.serve_bare:
         import uvloop
 
-        if opts.serve_bare:
-            uvloop.run(serve_bare(*opts.serve_bare))
-        else:
-            uvloop.run(serve_quiet(opts.serve_quiet[0], int(opts.serve_quiet[1])))
+        uvloop.run(serve_bare(*opts.serve_bare))
         return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed", file=sys.stderr)
