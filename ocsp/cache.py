@@ -80,17 +80,18 @@ class CachedResponse:
         return max(0, int(self.expires_at - now))
 
     def headers(self, now: float) -> CIMultiDict[str]:
-        """Content-Type, Cache-Control, ETag, Last-Modified and Expires, the caller's own copy.
+        """Content-Type, Cache-Control, ETag, Last-Modified and Expires, shared: read only.
 
-        Only max-age moves, once a second, so the set is built once a second
-        and copied (in C) for each response.
+        Only max-age moves, once a second, so the set is built once a second.
+        aiohttp's ``Response`` copies the headers it is given, so a response
+        built from this set can change its own without touching it.
         """
         second = int(now)
         if second != self._second:
             cache_control = f"max-age={self.max_age(now)}, public, no-transform, must-revalidate"
             self._headers = CIMultiDict({**self._fixed, "Cache-Control": cache_control})
             self._second = second
-        return self._headers.copy()
+        return self._headers
 
 
 # Limitation: every replica keeps and signs its own cache (about 2 KB a

@@ -74,8 +74,9 @@ def cached_response(request: web.Request, cached: CachedResponse) -> web.Respons
     if "If-None-Match" in request.headers:
         tags = request.if_none_match or ()
         if any(tag.value in (cached.etag, "*") for tag in tags):
-            del headers["Content-Type"]
-            return web.Response(status=304, headers=headers)
+            not_modified = web.Response(status=304, headers=headers)
+            del not_modified.headers["Content-Type"]
+            return not_modified
     return web.Response(body=cached.der, headers=headers)
 
 
