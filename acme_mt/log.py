@@ -52,6 +52,12 @@ def setup_logging(level: str = "INFO") -> None:
             "%(message)s"
         )
     )
+    # The format names none of the caller's file and line, thread or process:
+    # skip looking them up for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
