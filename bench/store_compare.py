@@ -17,11 +17,14 @@ resident memory.
 
 After each onboarding step every new tenant runs one cycle, reported apart
 (``first_cycle_per_tenant``), as the tenants of a running server have issued
-before; then the cycles are measured ``--repeat`` times. Each measurement
-gives the benchmark process's CPU per cycle (PostgreSQL's client; all of
-SQLite, whose threads live here) and, for the throwaway cluster, the
-server's. The summary gives medians and ranges per store and tenant count,
-and PostgreSQL's median rate over SQLite's from the same run.
+before; with ``--warm N`` every tenant then runs N more cycles in turn, also
+reported apart, so that the measurement meets tenants the way a server
+that has run a while does, warm on the connections they use; then the
+cycles are measured ``--repeat`` times. Each measurement gives the benchmark
+process's CPU per cycle (PostgreSQL's client; all of SQLite, whose threads
+live here) and, for the throwaway cluster, the server's. The summary gives
+medians and ranges per store and tenant count, and PostgreSQL's median rate
+over SQLite's from the same run.
 
 PostgreSQL runs in a throwaway cluster on disk with its durable defaults
 (``--dsn`` names another); SQLite runs in a temporary data directory. Both
@@ -199,8 +202,14 @@ async def measure_backend(
     workers: int,
     repeat: int,
     server_cpu: Callable[[], float] | None,
+    warm: int = 0,
 ) -> list[dict[str, Any]]:
-    """Onboard tenants up to each count and run the cycles over all of them, ``repeat`` times."""
+    """Onboard tenants up to each count and run the cycles over all of them, ``repeat`` times.
+
+    With ``warm``, every tenant first runs that many more cycles, reported apart,
+    so the measurement sees a server whose tenants have all issued before on
+    the connections they use, rather than one still meeting tenants cold.
+    """
     stores_backend = open_store_backend(settings)
     keystore = open_keystore(settings)
     registry = await stores_backend.open_registry()
@@ -239,6 +248,18 @@ async def measure_backend(
                 }
             )
             print(json.dumps(results[-1]), flush=True)
+            if warm > 0:
+                passes = stores * warm
+                warmed = await run_cycles(passes, len(passes), workers, True, server_cpu)
+                results.append(
+                    {
+                        "backend": settings.store.backend,
+                        "tenants": count,
+                        "warm_up": warm,
+                        **warmed,
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
             for run in range(1, repeat + 1):
                 figures = await run_cycles(stores, cycles, workers, server_cpu=server_cpu)
                 results.append(
@@ -354,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pgdata = cluster.data_dir / "pgdata"
                 server_cpu = functools.partial(cluster_cpu_seconds, pgdata)
             measured = measure_backend(
-                settings, counts, cycles, args.workers, args.repeat, server_cpu
+                settings, counts, cycles, args.workers, args.repeat, server_cpu, args.warm
             )
             runs = run_on_loop(measured, args.loop)
             for figures in runs:
@@ -389,7 +410,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for figures in runs:
-        if not figures.get("first_cycle_per_tenant"):
+        if not figures.get("first_cycle_per_tenant") and not figures.get("warm_up"):
             mode = figures["synchronous_commit"]
             store = figures["backend"] + (f" synchronous_commit={mode}" if mode else "")
             groups.setdefault((store, figures["tenants"]), []).append(figures)
@@ -445,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="measurements per tenant count")
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop to run on"
+    )
+    parser.add_argument(
+        "--warm", type=int, default=0, help="cycles per tenant, in turn, before measuring"
     )
     parser.add_argument("--memory", action="store_true", help="measure a server's memory too")
     parser.add_argument("--json", help="also write the figures to this file")
