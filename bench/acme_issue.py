@@ -5,7 +5,9 @@ Each client owns an account (RFC 8555 §7.3, optionally bound by EAB, §7.3.4) a
 issues certificates for random names one after another (§7.4), proving control
 with http-01 (§8.3) through a responder this process runs on loopback. The run
 is bounded by a certificate count and a duration, and stops by itself when the
-server makes no progress. It prints figures and never fails on time.
+server makes no progress. It prints figures and never fails on time. Given
+several directory URLs (tenants of one server, say), the clients take them in
+turn, so client i uses directory i modulo their number.
 
     bench/acme_issue.py https://127.0.0.1:14000/dir --clients 16 --certs 500
 """
@@ -114,7 +116,11 @@ def challenge_app(board: MutableMapping[str, str]) -> web.Application:
 
 
 async def client_task(
-    run: Run, opts: argparse.Namespace, board: MutableMapping[str, str], tls: ssl.SSLContext | bool
+    run: Run,
+    opts: argparse.Namespace,
+    board: MutableMapping[str, str],
+    tls: ssl.SSLContext | bool,
+    directory_url: str,
 ) -> None:
     """One ACME client: open an account, wait for the others, then issue while tickets last."""
     polls = PollPolicy(opts.poll_interval, not opts.ignore_retry_after, opts.max_polls)
@@ -125,7 +131,7 @@ async def client_task(
         connector=connector, timeout=timeout, headers=headers
     ) as session:
         try:
-            directory = await read_directory(session, opts.directory)
+            directory = await read_directory(session, directory_url)
             client = AcmeClient(session, directory, board, polls)
             await client.register(external_account(opts))
             run.tally.accounts += 1
@@ -199,8 +205,10 @@ async def measure(opts: argparse.Namespace) -> dict[str, Any]:
         await runner.cleanup()
         raise SystemExit(f"cannot serve http-01 on port {opts.http01_port}: {error}") from error
     try:
+        urls = opts.directory
         tasks = [
-            asyncio.create_task(client_task(run, opts, board, tls)) for _ in range(opts.clients)
+            asyncio.create_task(client_task(run, opts, board, tls, urls[i % len(urls)]))
+            for i in range(opts.clients)
         ]
         stalled = await watch(run, tasks, opts.stall_timeout)
     finally:
@@ -210,7 +218,7 @@ async def measure(opts: argparse.Namespace) -> dict[str, Any]:
     end = run.last_done if run.last_done > go else time.perf_counter()
     return summarise(
         run.tally,
-        server=opts.directory,
+        server=" ".join(opts.directory),
         clients=opts.clients,
         abandoned=run.started - len(run.tally.issued) - run.issue_errors,
         elapsed=end - go,
@@ -253,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; --certs and --duration bound the run, whichever comes first."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("directory", metavar="DIRECTORY_URL", help="the server's ACME directory URL")
+    add("directory", metavar="DIRECTORY_URL", nargs="+", help="ACME directory URLs, taken in turn")
     add("--clients", type=int, default=16, help="concurrent clients, one account each")
     add("--certs", type=int, help=f"certificates in total (default {DEFAULT_CERTS})")
     add("--duration", type=float, help=f"seconds to keep ordering (at most {MAX_DURATION:g})")
@@ -295,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not opts.allow_remote:
-        check_loopback(opts.directory)
+        for url in opts.directory:
+            check_loopback(url)
 
     loop_factory = None
     if not opts.no_uvloop:
