@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import secrets
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +29,7 @@ from acme_mt.config import Settings, load_settings
 from acme_mt.errors import AcmeMtError
 from acme_mt.keystores.base import KeyStore
 from acme_mt.log import setup_logging
-from acme_mt.models import AuditEntry, EabKey, EabPolicy, new_id, rfc3339, utcnow
+from acme_mt.models import AuditEntry, EabKey, EabPolicy, new_hmac_key, new_id, rfc3339, utcnow
 from acme_mt.storage.base import RegistryStore, StoreBackend, TenantRecord, TenantStore
 from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenant_status
 from acme_mt.tenancy.policy import TenantPolicy
@@ -173,9 +172,7 @@ async def _eab_create(ctx: CliContext, args: argparse.Namespace) -> int:
     )
     store = await ctx.stores.open_tenant_store(record.id, record.slug)
     try:
-        key = EabKey(
-            kid=new_id(), hmac_key=secrets.token_bytes(32), created=utcnow(), policy=policy
-        )
+        key = EabKey(kid=new_id(), hmac_key=new_hmac_key(), created=utcnow(), policy=policy)
         audit = AuditEntry("eab.created", {"kid": key.kid, "policy": policy.to_json()}, "cli")
         await store.create_eab_key(key, (audit,))
     finally:

@@ -6,6 +6,7 @@ Stores persist these, the authority makes new versions of them with
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,17 @@ def new_id() -> str:
     while (value := secrets.token_urlsafe(16)).startswith("-"):
         pass
     return value
+
+
+def new_hmac_key() -> bytes:
+    """256 random bits for an EAB MAC key (RFC 8555 §7.3.4), printed as base64url.
+
+    Never a key whose base64url form begins with ``-``, for the reason
+    :func:`new_id` gives: it follows ``--eab-hmac-key`` on a command line.
+    """
+    while base64.urlsafe_b64encode(key := secrets.token_bytes(32)).startswith(b"-"):
+        pass
+    return key
 
 
 def rfc3339(moment: datetime) -> str:
