@@ -52,6 +52,25 @@ class OcspSignerRecord:
 
 
 @dataclass(frozen=True)
+class OcspResponseRecord:
+    """A pre-signed OCSP response (RFC 5019 §2.2) kept for every replica to serve.
+
+    One per serial: the response to the SHA-1 CertID that RFC 5019 clients
+    send. ``stored_at`` is set by the store when it keeps the response, from
+    one clock for every replica (PostgreSQL's), so that replicas can ask for
+    what changed since they last looked.
+    """
+
+    serial: str
+    der: bytes
+    this_update: datetime
+    next_update: datetime
+    not_after: datetime
+    revoked: bool
+    stored_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """An audit entry as chained by the store."""
 
@@ -101,6 +120,12 @@ class StoreReader(Protocol):
 
     async def get_ocsp_signer(self) -> OcspSignerRecord | None:
         """The delegated OCSP signer that expires last, if any was saved."""
+        ...
+
+    async def list_ocsp_responses(
+        self, stored_since: datetime, limit: int
+    ) -> list[OcspResponseRecord]:
+        """Responses kept at or after ``stored_since``, oldest first, at most ``limit``."""
         ...
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
@@ -223,6 +248,24 @@ class TenantStore(StoreReader, Protocol):
         self, signer: OcspSignerRecord, audit: Sequence[AuditEntry] = ()
     ) -> None:
         """Keep a new delegated OCSP signer so that a restart reuses it."""
+        ...
+
+    async def save_ocsp_responses(self, responses: Sequence[OcspResponseRecord]) -> None:
+        """Keep responses for every replica, one per serial.
+
+        A response never replaces one with a later ``this_update``, and a
+        ``good`` one never replaces a revoked one, so a replica that read a
+        certificate just before its revocation cannot undo it.
+        """
+        ...
+
+    async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        """Take or extend the lease on a background job (say, refreshing OCSP responses).
+
+        True when ``holder`` holds it until ``until``: nobody held it, the
+        lease had run out by ``now``, or ``holder`` held it already. Replicas
+        use it so that one of them does each periodic job.
+        """
         ...
 
     async def append_audit(self, audit: Sequence[AuditEntry]) -> None: ...

@@ -26,7 +26,7 @@ from acme_mt.models import (
     Order,
     utcnow,
 )
-from acme_mt.storage.base import OcspSignerRecord
+from acme_mt.storage.base import OcspResponseRecord, OcspSignerRecord
 from acme_mt.storage.postgres_accounts import TenantStoreBase
 from acme_mt.storage.postgres_db import Conn, NothingChanged, row_count
 from acme_mt.storage.postgres_rows import (
@@ -234,6 +234,60 @@ class PostgresTenantStore(TenantStoreBase):
 
         await self._write(body, audit)
 
+    # Shared OCSP responses and job leases.
+
+    async def save_ocsp_responses(self, responses: Sequence[OcspResponseRecord]) -> None:
+        rows = [
+            (
+                r.serial.lower(),
+                r.der,
+                aware(r.this_update),
+                aware(r.next_update),
+                aware(r.not_after),
+                r.revoked,
+            )
+            for r in responses
+        ]
+
+        async def body(conn: Conn) -> None:
+            await conn.executemany(_UPSERT_OCSP_RESPONSE, rows)
+
+        if rows:
+            await self._run(body)
+
+    async def list_ocsp_responses(
+        self, stored_since: datetime, limit: int
+    ) -> list[OcspResponseRecord]:
+        query = (
+            "SELECT serial, der, this_update, next_update, not_after, revoked, stored_at"
+            " FROM ocsp_responses WHERE stored_at >= $1 ORDER BY stored_at LIMIT $2"
+        )
+        rows = await self._run(lambda conn: conn.fetch(query, aware(stored_since), limit))
+        return [
+            OcspResponseRecord(
+                serial=row["serial"],
+                der=bytes(row["der"]),
+                this_update=row["this_update"],
+                next_update=row["next_update"],
+                not_after=row["not_after"],
+                revoked=row["revoked"],
+                stored_at=row["stored_at"],
+            )
+            for row in rows
+        ]
+
+    async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        query = (
+            "INSERT INTO job_leases (name, holder, until) VALUES ($1, $2, $3)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
+            " WHERE job_leases.holder = excluded.holder OR job_leases.until <= $4"
+            " RETURNING holder"
+        )
+        held = await self._run(
+            lambda conn: conn.fetchval(query, name, holder, aware(until), aware(now))
+        )
+        return bool(held == holder)
+
     # Issuance.
 
     async def begin_issuance(
@@ -343,3 +397,17 @@ class PostgresTenantStore(TenantStoreBase):
     ) -> bool:
         values = (serial.lower(), aware(when), reason)
         return await self._call("revoke_certificate", values, audit) == DONE
+
+
+#: Keeps the later response for a serial, and never a good one over a revoked one;
+#: stored_at from this server's clock, which every replica shares.
+_UPSERT_OCSP_RESPONSE = (
+    "INSERT INTO ocsp_responses"
+    " (serial, der, this_update, next_update, not_after, revoked, stored_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())"
+    " ON CONFLICT (serial) DO UPDATE SET der = excluded.der,"
+    " this_update = excluded.this_update, next_update = excluded.next_update,"
+    " not_after = excluded.not_after, revoked = excluded.revoked, stored_at = excluded.stored_at"
+    " WHERE excluded.this_update >= ocsp_responses.this_update"
+    " AND (excluded.revoked OR NOT ocsp_responses.revoked)"
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from acme_mt.errors import Conflict, StoreError
@@ -28,7 +28,12 @@ from acme_mt.models import (
     VerifiedDomain,
     utcnow,
 )
-from acme_mt.storage.base import AuditRecord, EstCredential, OcspSignerRecord
+from acme_mt.storage.base import (
+    AuditRecord,
+    EstCredential,
+    OcspResponseRecord,
+    OcspSignerRecord,
+)
 from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
 from acme_mt.storage.sqlite_rows import (
     account_from_row,
@@ -409,6 +414,62 @@ class SqliteTenantStore:
         }
         await self._write(lambda conn: insert(conn, "ocsp_signers", row), audit)
 
+    # Shared OCSP responses and job leases.
+
+    async def save_ocsp_responses(self, responses: Sequence[OcspResponseRecord]) -> None:
+        stored_at = _microseconds(datetime.now(UTC))
+        rows = [
+            (
+                r.serial.lower(),
+                r.der,
+                to_epoch(r.this_update),
+                to_epoch(r.next_update),
+                to_epoch(r.not_after),
+                int(r.revoked),
+                stored_at,
+            )
+            for r in responses
+        ]
+
+        def body(conn: Conn) -> None:
+            conn.executemany(_UPSERT_OCSP_RESPONSE, rows)
+
+        if rows:
+            await self._write(body, ())
+
+    async def list_ocsp_responses(
+        self, stored_since: datetime, limit: int
+    ) -> list[OcspResponseRecord]:
+        rows = await self._db.query(
+            "SELECT * FROM ocsp_responses WHERE stored_at >= ? ORDER BY stored_at LIMIT ?",
+            (_microseconds(stored_since), limit),
+        )
+        return [
+            OcspResponseRecord(
+                serial=row["serial"],
+                der=bytes(row["der"]),
+                this_update=from_epoch(row["this_update"]),
+                next_update=from_epoch(row["next_update"]),
+                not_after=from_epoch(row["not_after"]),
+                revoked=bool(row["revoked"]),
+                stored_at=datetime.fromtimestamp(row["stored_at"] / 1e6, UTC),
+            )
+            for row in rows
+        ]
+
+    async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        def body(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO job_leases (name, holder, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " until = excluded.until"
+                " WHERE job_leases.holder = excluded.holder OR job_leases.until <= ?",
+                (name, holder, _microseconds(until), _microseconds(now)),
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(body, ())
+
     async def begin_issuance(
         self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
     ) -> bool:
@@ -556,3 +617,21 @@ def _est_credential_from_row(row: sqlite3.Row) -> EstCredential:
         created=from_epoch(row["created"]),
         revoked_at=from_epoch_or_none(row["revoked_at"]),
     )
+
+
+#: Keeps the later response for a serial, and never a good one over a revoked one.
+_UPSERT_OCSP_RESPONSE = (
+    "INSERT INTO ocsp_responses"
+    " (serial, der, this_update, next_update, not_after, revoked, stored_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (serial) DO UPDATE SET der = excluded.der,"
+    " this_update = excluded.this_update, next_update = excluded.next_update,"
+    " not_after = excluded.not_after, revoked = excluded.revoked, stored_at = excluded.stored_at"
+    " WHERE excluded.this_update >= ocsp_responses.this_update"
+    " AND (excluded.revoked OR NOT ocsp_responses.revoked)"
+)
+
+
+def _microseconds(moment: datetime) -> int:
+    """A time as integer microseconds since the epoch, for ordering what changed."""
+    return round(moment.timestamp() * 1_000_000)

@@ -25,7 +25,7 @@ from acme_mt.models import (
     Order,
     utcnow,
 )
-from acme_mt.storage.base import StoreBackend, TenantRecord, TenantStore
+from acme_mt.storage.base import OcspResponseRecord, StoreBackend, TenantRecord, TenantStore
 from acme_mt.storage.migrate import apply_sqlite_migrations, split_sqlite_statements
 from acme_mt.storage.sqlite import TENANT_FILE, SqliteBackend
 
@@ -617,6 +617,70 @@ async def test_list_revoked_filters_shard_and_expiry(store: TenantStore) -> None
     assert [c.serial for c in shard_1] == ["02"]
     assert [c.serial for c in every] == ["01", "02"]
     assert shard_1[0].revoked_at == NOW and shard_1[0].status == "revoked"
+
+
+# Shared OCSP responses and job leases.
+
+
+def make_response(
+    serial: str, signed: datetime, *, revoked: bool = False, der: bytes = b"r"
+) -> OcspResponseRecord:
+    return OcspResponseRecord(
+        serial=serial,
+        der=der,
+        this_update=signed,
+        next_update=signed + DAY,
+        not_after=signed + 30 * DAY,
+        revoked=revoked,
+    )
+
+
+async def test_ocsp_responses_round_trip_and_list_what_changed(store: TenantStore) -> None:
+    before = utcnow() - timedelta(seconds=1)
+    signed = NOW.replace(microsecond=0)
+    await store.save_ocsp_responses([make_response("0A", signed, der=b"first")])
+    await asyncio.sleep(0.01)
+    await store.save_ocsp_responses([make_response("0b", signed, der=b"second")])
+
+    every = await store.list_ocsp_responses(before, 10)
+    assert [(r.serial, r.der) for r in every] == [("0a", b"first"), ("0b", b"second")]
+    assert every[1].stored_at is not None
+    later = await store.list_ocsp_responses(every[1].stored_at, 10)
+    assert [r.serial for r in later] == ["0b"]
+    first = every[0]
+    assert first.this_update == signed and first.next_update == signed + DAY
+    assert first.not_after == signed + 30 * DAY and first.revoked is False
+    assert first.stored_at is not None and first.stored_at.tzinfo is not None
+    assert [r.serial for r in await store.list_ocsp_responses(before, 1)] == ["0a"]
+
+
+async def test_ocsp_response_never_goes_back_in_time_or_from_revoked_to_good(
+    store: TenantStore,
+) -> None:
+    before = utcnow() - timedelta(seconds=1)
+    signed = NOW.replace(microsecond=0)
+    await store.save_ocsp_responses([make_response("01", signed, der=b"good")])
+    await store.save_ocsp_responses([make_response("01", signed - DAY, der=b"older")])
+    assert [r.der for r in await store.list_ocsp_responses(before, 10)] == [b"good"]
+
+    await store.save_ocsp_responses([make_response("01", signed, revoked=True, der=b"revoked")])
+    later = signed + timedelta(hours=1)
+    await store.save_ocsp_responses([make_response("01", later, der=b"good again")])
+
+    [kept] = await store.list_ocsp_responses(before, 10)
+    assert kept.der == b"revoked" and kept.revoked is True
+
+
+async def test_job_lease_has_one_holder_until_it_runs_out(store: TenantStore) -> None:
+    now = NOW
+    minute = timedelta(minutes=1)
+
+    assert await store.claim_job("refresh", "replica-a", now, now + minute)
+    assert not await store.claim_job("refresh", "replica-b", now + minute / 2, now + 2 * minute)
+    assert await store.claim_job("refresh", "replica-a", now + minute / 2, now + 2 * minute)
+    assert not await store.claim_job("refresh", "replica-b", now + minute, now + 3 * minute)
+    assert await store.claim_job("refresh", "replica-b", now + 2 * minute, now + 3 * minute)
+    assert await store.claim_job("other", "replica-a", now + 2 * minute, now + 3 * minute)
 
 
 # The audit chain.
