@@ -11,6 +11,12 @@ every unexpired certificate, at issuance, within seconds of a revocation, and
 again once half of their validity window has passed. Answers that need a fresh
 signature (an unknown serial, a nonce, several CertIDs) are never cached and
 draw on the tenant's token bucket.
+
+Every pre-signed response to the SHA-1 CertID is also kept in the tenant's
+store, and :meth:`TenantResponder.pull` takes what other processes kept there:
+replicas sharing a PostgreSQL store serve the same bytes, learn of each other's
+issuance and revocation within a pull, and leave the periodic refresh to
+whichever holds the tenant's lease (``ocsp.service``).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Executor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from acme_mt.errors import AcmeMtError
 from acme_mt.issuance.ocsp import (
     CERT_ID_HASHES,
     CertStatus,
@@ -32,6 +39,7 @@ from acme_mt.issuance.ocsp import (
     sign_responses,
 )
 from acme_mt.models import CertificateRecord, CertificateStatus, utcnow
+from acme_mt.storage.base import OcspResponseRecord
 from acme_mt.tenancy.context import TenantContext
 from ocsp.cache import CachedResponse, CacheKey, ResponseCache
 from ocsp.limits import TokenBucket
@@ -56,6 +64,11 @@ _ISSUED = (CertificateStatus.VALID, CertificateStatus.REVOKED)
 
 #: The CertID every pre-signed response answers: SHA-1, as RFC 5019 §2.1.1 asks.
 PRESIGN_HASH = "sha1"
+#: Responses read from the store per round trip.
+PULL_BATCH = 1024
+#: How far back each pull looks again, for writes that committed out of order.
+PULL_OVERLAP = timedelta(seconds=30)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TenantResponder:
@@ -87,6 +100,8 @@ class TenantResponder:
         #: Serials whose cached responses already say revoked.
         self._known_revoked: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The newest ``stored_at`` seen in the store; None before the first pull.
+        self._pulled_until: datetime | None = None
 
     def matches(self, cert: CertRequest) -> bool:
         """Whether a CertID names this tenant's CA (§4.1.1, both hashes)."""
@@ -215,17 +230,88 @@ class TenantResponder:
         answers = [self._single(cert, record, now, signer) for cert, record in pairs]
         signed = await sign_responses(signer, answers, self._executor)
         responses = []
+        shared = []
         for (cert, record), answer, der in zip(pairs, answers, signed, strict=True):
             response = CachedResponse(der, cert.serial, now, answer.next_update, record.not_after)
+            revoked = answer.status is CertStatus.REVOKED
             if self._revoked_in.get(cert.serial, 0) <= read_in:
                 self.cache.put(cert.cache_key, response)
-                if answer.status is CertStatus.REVOKED:
+                if revoked:
                     self._known_revoked.add(cert.serial)
+                if cert.cache_key == self.presign_request(cert.serial).cache_key:
+                    shared.append(_record(response, revoked))
             responses.append(response)
+        await self._share(shared)
         return responses
 
+    async def _share(self, records: list[OcspResponseRecord]) -> None:
+        """Keep responses in the store for other processes; a failure costs only that."""
+        if not records:
+            return
+        try:
+            await self.tenant.store.save_ocsp_responses(records)
+        except AcmeMtError as exc:
+            logger.warning("OCSP responses of tenant %s not shared: %s", self.tenant.slug, exc)
+
+    async def pull(self) -> int:
+        """Take the responses other processes kept since the last pull; how many were new.
+
+        Each pull looks ``PULL_OVERLAP`` further back than the newest response it
+        saw, since a write may commit after a later one; taking a response twice
+        changes nothing.
+        """
+        since = _EPOCH if self._pulled_until is None else self._pulled_until - PULL_OVERLAP
+        taken = 0
+        now = self._clock()
+        while True:
+            records = await self.tenant.store.list_ocsp_responses(since, PULL_BATCH)
+            for record in records:
+                taken += self._take(record, now)
+                if record.stored_at is not None:
+                    newest = self._pulled_until or record.stored_at
+                    self._pulled_until = max(newest, record.stored_at)
+            last = records[-1].stored_at if records else None
+            if len(records) < PULL_BATCH or last is None or last <= since:
+                break
+            since = last
+        if self._pulled_until is None:
+            self._pulled_until = now
+        return taken
+
+    def _take(self, record: OcspResponseRecord, now: datetime) -> int:
+        """Cache a stored response unless this process holds a newer one; 1 if taken.
+
+        A revoked response is taken over any good one, and a good one never
+        replaces what this process knows to be revoked.
+        """
+        if record.not_after <= now:
+            return 0
+        serial = int(record.serial, 16)
+        key = self.presign_request(serial).cache_key
+        known_revoked = serial in self._known_revoked or serial in self._revoked_in
+        if not record.revoked and known_revoked:
+            return 0
+        cached = self.cache.get(key)
+        if cached is not None:
+            if cached.der == record.der:
+                return 0
+            learns_revocation = record.revoked and serial not in self._known_revoked
+            if cached.this_update > record.this_update and not learns_revocation:
+                return 0
+        response = CachedResponse(
+            record.der, serial, record.this_update, record.next_update, record.not_after
+        )
+        self.cache.put(key, response)
+        if record.revoked:
+            self._known_revoked.add(serial)
+        return 1
+
     async def warm(self) -> int:
-        """Pre-sign a response for every unexpired certificate not cached yet."""
+        """Take what the store keeps, then pre-sign every unexpired certificate still missing."""
+        try:
+            await self.pull()
+        except AcmeMtError as exc:
+            logger.warning("stored OCSP responses of %s unreadable: %s", self.tenant.slug, exc)
         signed = 0
         after = ""
         while True:
@@ -344,3 +430,14 @@ def _request_for(key: CacheKey, hashes: dict[str, tuple[bytes, bytes]]) -> CertR
     hash_name, serial, cert_id_der = key
     name_hash, key_hash = hashes[hash_name]
     return CertRequest(hash_name, name_hash, key_hash, serial, cert_id_der)
+
+
+def _record(response: CachedResponse, revoked: bool) -> OcspResponseRecord:
+    return OcspResponseRecord(
+        serial=format(response.serial, "x"),
+        der=response.der,
+        this_update=response.this_update,
+        next_update=response.next_update,
+        not_after=response.not_after,
+        revoked=revoked,
+    )

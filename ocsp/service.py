@@ -4,19 +4,25 @@ At start every active tenant with OCSP on gets a responder, which loads (or
 issues) its delegated signer and pre-signs a response for each unexpired
 certificate; tenants created later get theirs on their first request or
 issuance. Certificate events (``acme_mt.events``) reach the tenant's responder
-at once. Every ``REFRESH_SECONDS`` each responder renews its signer when due,
-re-signs the serials another process revoked, re-signs what passed half its
-window, and responders of tenants that are no longer served, or that turned
-OCSP off, are let go.
+at once. Every ``SYNC_SECONDS`` each responder takes the responses other
+processes kept in the tenant's store. Every ``REFRESH_SECONDS`` the process that
+holds the tenant's ``ocsp-refresh`` lease in the store (one replica among
+several; always this one on the embedded defaults) renews the signer when due,
+re-signs the serials another process revoked and what passed half its window;
+and responders of tenants that are no longer served, or that turned OCSP off,
+are let go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from acme_mt.errors import AcmeMtError
@@ -30,6 +36,10 @@ from ocsp.responder import TenantResponder
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 60.0
+SYNC_SECONDS = 5.0
+#: The refresh lease outlives a missed pass or two, then another replica takes over.
+REFRESH_LEASE = timedelta(seconds=3 * REFRESH_SECONDS)
+REFRESH_JOB = "ocsp-refresh"
 
 
 class OcspService:
@@ -52,6 +62,8 @@ class OcspService:
         self._clock = clock
         self._responders: dict[str, TenantResponder] = {}
         self._warming: dict[str, asyncio.Task[None]] = {}
+        #: This process, as it names itself when it holds a lease.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def responder(self, tenant: TenantContext) -> TenantResponder:
         """The tenant's responder, started (signer, pre-signing) on first use."""
@@ -119,12 +131,29 @@ class OcspService:
 
     async def run_schedule(self) -> None:
         """Keep every responder fresh, forever; meant to run as a task of the app."""
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            await self.tick()
+            await asyncio.sleep(SYNC_SECONDS)
+            if loop.time() - refreshed >= REFRESH_SECONDS:
+                refreshed = loop.time()
+                await self.tick()
+            else:
+                await self.sync()
+
+    async def sync(self) -> None:
+        """Take into every warm responder what other processes kept in the store."""
+        for responder in list(self._responders.values()):
+            if not responder.warmed:
+                continue
+            try:
+                await responder.pull()
+            except Exception:
+                logger.exception("OCSP pull of tenant %s failed", responder.tenant.slug)
 
     async def tick(self) -> None:
-        """One pass: let go of tenants no longer served, renew signers, re-sign what is due."""
+        """One pass: let go of tenants no longer served, take what others kept, and,
+        holding the tenant's refresh lease, renew signers and re-sign what is due."""
         served = {t.id: t for t in self.tenants.loaded()}
         for tenant_id, responder in list(self._responders.items()):
             tenant = served.get(tenant_id)
@@ -136,7 +165,12 @@ class OcspService:
                 self._start_warming(responder)
                 continue
             try:
-                await responder.signers.current(self._clock())
+                await responder.pull()
+                now = self._clock()
+                store = responder.tenant.store
+                if not await store.claim_job(REFRESH_JOB, self.holder, now, now + REFRESH_LEASE):
+                    continue
+                await responder.signers.current(now)
                 await responder.catch_up()
                 await responder.refresh()
             except Exception:

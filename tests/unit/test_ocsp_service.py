@@ -23,8 +23,9 @@ from acme_mt.config import ServerSettings, Settings
 from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.lifecycle import onboard_tenant, set_tenant_status
 from ocsp.handlers import OCSP_SERVICE, _raw_tail, ocsp_routes
-from ocsp.service import OcspService
-from tests.unit.test_ocsp_responder import START, _hashes, issue, settle
+from ocsp.responder import REFRESH_AFTER
+from ocsp.service import REFRESH_LEASE, OcspService
+from tests.unit.test_ocsp_responder import START, Clock, _hashes, issue, settle
 
 
 @pytest.fixture
@@ -208,3 +209,81 @@ async def test_request_ids_go_with_answers_that_can_leave_a_trace(
     assert [(e["method"], e["status"], e["id"]) for e in logged] == [
         ("PUT", 405, refused.headers["X-Request-Id"])
     ]
+
+
+def presigned(service: OcspService, tenant: TenantContext, serial: int) -> bytes:
+    responder = service._responders[tenant.id]
+    cached = responder.cache.get(responder.presign_request(serial).cache_key)
+    assert cached is not None
+    return cached.der
+
+
+async def test_replicas_serve_the_same_bytes_and_learn_revocations_from_the_store(
+    services: Services,
+) -> None:
+    """Two services over one store stand for two replicas sharing PostgreSQL."""
+    tenant = await add_tenant(services, "shared")
+    first = OcspService(services.tenants, services.registry)
+    second = OcspService(services.tenants, services.registry)
+    leaf = await issue(tenant)
+    serial = format(leaf.serial_number, "x")
+
+    first.issued(tenant.id, serial)
+    await asyncio.gather(*first._warming.values())
+    second.responder(tenant)
+    await asyncio.gather(*second._warming.values())
+    assert presigned(second, tenant, leaf.serial_number) == presigned(
+        first, tenant, leaf.serial_number
+    )
+
+    await tenant.store.revoke_certificate(serial, 1, START)
+    first.revoked(tenant.id, serial)
+    await settle(first._responders[tenant.id])
+    revoked = presigned(first, tenant, leaf.serial_number)
+    assert ocsp.load_der_ocsp_response(revoked).certificate_status == ocsp.OCSPCertStatus.REVOKED
+    await second.sync()
+    assert presigned(second, tenant, leaf.serial_number) == revoked
+    await first.close()
+    await second.close()
+
+
+async def test_only_the_lease_holder_refreshes_and_the_other_takes_its_responses(
+    services: Services,
+) -> None:
+    tenant = await add_tenant(services, "leased")
+    leaf = await issue(tenant)
+    clock = Clock()
+    holder = OcspService(services.tenants, services.registry, clock=clock)
+    other = OcspService(services.tenants, services.registry, clock=clock)
+    for service in (holder, other):
+        service.responder(tenant)
+        await asyncio.gather(*service._warming.values())
+    signed = presigned(holder, tenant, leaf.serial_number)
+    responder = other._responders[tenant.id]
+    refreshes = []
+    refresh = responder.refresh
+
+    async def counted() -> int:
+        refreshes.append(clock.now)
+        return await refresh()
+
+    responder.refresh = counted  # type: ignore[method-assign]
+
+    clock.now = START + REFRESH_AFTER + timedelta(minutes=1)
+    await holder.tick()
+    refreshed = presigned(holder, tenant, leaf.serial_number)
+    assert refreshed != signed
+    assert ocsp.load_der_ocsp_response(refreshed).this_update_utc == clock.now
+
+    await other.tick()  # the lease is the holder's: no refresh here
+    assert refreshes == []
+    assert presigned(other, tenant, leaf.serial_number) == refreshed
+
+    # The holder goes quiet past its lease, and the responses come due again.
+    clock.now += max(REFRESH_LEASE, REFRESH_AFTER) + timedelta(minutes=1)
+    await other.tick()
+    assert refreshes == [clock.now]
+    again = presigned(other, tenant, leaf.serial_number)
+    assert ocsp.load_der_ocsp_response(again).this_update_utc == clock.now
+    await holder.close()
+    await other.close()
