@@ -9,8 +9,10 @@ so the moment cannot pass), kills it with SIGKILL and starts it again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import asyncpg
 import josepy as jose
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from conformance.dns_server import LoopbackDnsServer
 from tests.support.acme import AcmeTestClient, make_csr
@@ -272,3 +276,64 @@ async def test_postgres_down_answers_503_and_recovers(
     assert recovered is not None and recovered.status == 201, recovered
     assert never_restarted
     assert "BEGIN CERTIFICATE" in chain
+
+
+async def ocsp_get(session: aiohttp.ClientSession, server: LiveServer, path: str) -> bytes:
+    async with session.get(f"{server.http_url}{path}") as reply:
+        assert reply.status == 200
+        return await reply.read()
+
+
+async def test_two_replicas_answer_ocsp_with_the_same_bytes_and_share_revocations(
+    pg_server: tuple[LiveServer, str],
+    postgres_cluster: PostgresCluster,
+    http_session: aiohttp.ClientSession,
+    http01_responder: Http01Responder,
+    dns_server: LoopbackDnsServer,
+    tlsalpn_port: int,
+) -> None:
+    """Two servers on one database and one key directory stand for two replicas."""
+    first, dsn = pg_server
+    second = start_server(
+        first.data_dir,
+        dns_server,
+        http01_responder,
+        tlsalpn_port,
+        postgres_env(dsn, postgres_cluster.secrets_file),
+    )
+    try:
+        client = await new_client(first, http_session)
+        assert (await client.new_account()).status == 201
+        _order, _url, chain = await issue(client, http01_responder, [random_name()])
+        leaf, ca = x509.load_pem_x509_certificates(chain.encode())[:2]
+        request = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca, hashes.SHA1()).build()
+        encoded = base64.b64encode(request.public_bytes(serialization.Encoding.DER)).decode()
+        path = f"/default/ocsp/{urllib.parse.quote(encoded, safe='')}"
+
+        async def answers() -> tuple[bytes, bytes]:
+            for _ in range(60):
+                one = await ocsp_get(http_session, first, path)
+                two = await ocsp_get(http_session, second, path)
+                if one == two:
+                    return one, two
+                await asyncio.sleep(0.5)
+            return one, two
+
+        one, two = await answers()
+        assert one == two
+        assert ocsp.load_der_ocsp_response(one).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        payload = {"certificate": jose.b64encode(der).decode(), "reason": 1}
+        revoked = await client.post(client.directory["revokeCert"], payload)
+        assert revoked.status == 200, revoked.body
+        for _ in range(60):
+            status = ocsp.load_der_ocsp_response(await ocsp_get(http_session, second, path))
+            if status.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+                break
+            await asyncio.sleep(0.5)
+        assert status.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        one, two = await answers()
+        assert one == two
+    finally:
+        second.stop()
