@@ -94,11 +94,10 @@ class CachedResponse:
         return self._headers
 
 
-# Limitation: every replica keeps and signs its own cache (about 2 KB a
-# certificate), and learns of another replica's issuance at the first request
-# for it and of its revocations within a scheduled pass. With several replicas
-# behind one address the signed responses would live in the shared store,
-# signed once and read by all, with revocations announced through it.
+# Limitation: every process keeps every served tenant's responses in memory
+# (about 2 KB a certificate) and asks the store for changes every few seconds,
+# one query per tenant; with thousands of busy tenants on PostgreSQL a change
+# feed (LISTEN/NOTIFY naming the tenants that changed) would replace the polls.
 class ResponseCache:
     """One tenant's pre-signed responses, by CertID and by serial."""
 

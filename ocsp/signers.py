@@ -54,8 +54,13 @@ class SignerKeeper:
         if signer is not None and not self.due(now):
             return signer
         async with self._lock:
-            if self._signer is None:
-                self._signer = await self._load()
+            if self.due(now):
+                # Another replica (the refresh lease's holder) may have renewed it.
+                stored = await self._load()
+                if stored is not None and (
+                    self._signer is None or stored.not_after > self._signer.not_after
+                ):
+                    self._signer = stored
             if self.due(now):
                 self._signer = await self._issue(now, self._signer)
             assert self._signer is not None

@@ -301,6 +301,21 @@ async def test_signer_is_reused_after_a_restart_and_renewed_before_it_ends(
     assert events.count("ocsp.signer.requested") == 2
 
 
+async def test_a_replica_takes_the_signer_another_one_renewed(tenant: TenantContext) -> None:
+    holder, other = SignerKeeper(tenant), SignerKeeper(tenant)
+    first = await holder.current(START)
+    assert (await other.current(START)).key_label == first.key_label
+
+    renewal_time = first.not_after - RENEW_BEFORE + timedelta(minutes=1)
+    renewed = await holder.current(renewal_time)
+    taken = await other.current(renewal_time)
+
+    assert renewed.key_label != first.key_label
+    assert taken.key_label == renewed.key_label
+    events = [entry.event for entry in await tenant.store.list_audit()]
+    assert events.count("ocsp.signer.issued") == 2
+
+
 async def test_responses_never_outlive_their_signer(tenant: TenantContext) -> None:
     leaf = await issue(tenant)
     clock = Clock()
