@@ -68,6 +68,7 @@ PRESIGN_HASH = "sha1"
 PULL_BATCH = 1024
 #: How far back each pull looks again, for writes that committed out of order.
 PULL_OVERLAP = timedelta(seconds=30)
+_OVERLAP_SECONDS = PULL_OVERLAP.total_seconds()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -102,6 +103,8 @@ class TenantResponder:
         self._tasks: set[asyncio.Task[None]] = set()
         #: The newest ``stored_at`` seen in the store; None before the first pull.
         self._pulled_until: datetime | None = None
+        #: When (loop time) ``_pulled_until`` last moved.
+        self._moved_at = 0.0
 
     def matches(self, cert: CertRequest) -> bool:
         """Whether a CertID names this tenant's CA (§4.1.1, both hashes)."""
@@ -256,26 +259,31 @@ class TenantResponder:
     async def pull(self) -> int:
         """Take the responses other processes kept since the last pull; how many were new.
 
-        Each pull looks ``PULL_OVERLAP`` further back than the newest response it
-        saw, since a write may commit after a later one; taking a response twice
-        changes nothing.
+        For ``PULL_OVERLAP`` after the newest response it saw moved on, each
+        pull looks that much further back, since a write may commit after a
+        later one; taking a response twice changes nothing. Once the store has
+        been quiet that long, a pull reads only what is newer.
         """
-        since = _EPOCH if self._pulled_until is None else self._pulled_until - PULL_OVERLAP
+        loop = asyncio.get_running_loop()
+        since = _EPOCH if self._pulled_until is None else self._pulled_until
+        if self._pulled_until is not None and loop.time() - self._moved_at < _OVERLAP_SECONDS:
+            since = self._pulled_until - PULL_OVERLAP
         taken = 0
         now = self._clock()
         while True:
             records = await self.tenant.store.list_ocsp_responses(since, PULL_BATCH)
             for record in records:
                 taken += self._take(record, now)
-                if record.stored_at is not None:
-                    newest = self._pulled_until or record.stored_at
-                    self._pulled_until = max(newest, record.stored_at)
+                stored = record.stored_at
+                if stored is not None and (
+                    self._pulled_until is None or stored > self._pulled_until
+                ):
+                    self._pulled_until = stored
+                    self._moved_at = loop.time()
             last = records[-1].stored_at if records else None
             if len(records) < PULL_BATCH or last is None or last <= since:
                 break
             since = last
-        if self._pulled_until is None:
-            self._pulled_until = now
         return taken
 
     def _take(self, record: OcspResponseRecord, now: datetime) -> int:

@@ -21,12 +21,13 @@ from acme_mt.config import ServerSettings, Settings
 from acme_mt.errors import KeyStoreError
 from acme_mt.issuance import new_serial
 from acme_mt.models import CertificateRecord, CertificateStatus
+from acme_mt.storage.base import OcspResponseRecord
 from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.lifecycle import onboard_tenant
 from ocsp.cache import CachedResponse
 from ocsp.limits import TokenBucket
 from ocsp.request import OcspQuery, TryLater, Unauthorized, parse_request
-from ocsp.responder import REFRESH_AFTER, TenantResponder
+from ocsp.responder import PULL_OVERLAP, REFRESH_AFTER, TenantResponder
 from ocsp.signers import RENEW_BEFORE, SignerKeeper
 
 START = datetime.now(UTC).replace(microsecond=0)
@@ -389,3 +390,30 @@ async def test_catch_up_resigns_revocations_made_by_another_process(
     assert status_of(revoked) == ocsp.OCSPCertStatus.REVOKED
     good = await responder.answer(*query_for(tenant, kept.serial_number), nonce_allowed=True)
     assert status_of(good) == ocsp.OCSPCertStatus.GOOD
+
+
+async def test_pull_rereads_recent_responses_only_while_the_store_is_busy(
+    tenant: TenantContext,
+) -> None:
+    first = await issue(tenant)
+    await TenantResponder(tenant, clock=Clock()).warm()  # another process signs and stores
+    await asyncio.sleep(0.01)
+    second = await issue(tenant)
+    await TenantResponder(tenant, clock=Clock()).warm()  # and a third one, later
+    reader = TenantResponder(tenant, clock=Clock())
+    read: list[int] = []
+    listing = tenant.store.list_ocsp_responses
+
+    async def counted(stored_since: datetime, limit: int) -> list[OcspResponseRecord]:
+        found = await listing(stored_since, limit)
+        read.append(len(found))
+        return found
+
+    tenant.store.list_ocsp_responses = counted  # type: ignore[method-assign]
+    assert await reader.pull() == 2
+    assert await reader.pull() == 0  # within the overlap: both read again, neither new
+    reader._moved_at -= PULL_OVERLAP.total_seconds()
+    assert await reader.pull() == 0  # quiet store: only what is as new as the newest
+    assert read == [2, 2, 1]
+    for leaf in (first, second):
+        assert reader.cache.get(reader.presign_request(leaf.serial_number).cache_key) is not None
