@@ -290,10 +290,12 @@ class TenantResponder:
         """Cache a stored response unless this process holds a newer one; 1 if taken.
 
         A revoked response is taken over any good one, and a good one never
-        replaces what this process knows to be revoked.
+        replaces what this process knows to be revoked. One past half its
+        window (stored before a long stop, say) is left for this process to
+        sign afresh.
         """
-        if record.not_after <= now:
-            return 0
+        if record.not_after <= now or record.this_update <= now - REFRESH_AFTER:
+            return 0  # expired, or due to be signed again: signing it here is better
         serial = int(record.serial, 16)
         key = self.presign_request(serial).cache_key
         known_revoked = serial in self._known_revoked or serial in self._revoked_in

@@ -417,3 +417,15 @@ async def test_pull_rereads_recent_responses_only_while_the_store_is_busy(
     assert read == [2, 2, 1]
     for leaf in (first, second):
         assert reader.cache.get(reader.presign_request(leaf.serial_number).cache_key) is not None
+
+
+async def test_warm_signs_again_what_the_store_kept_too_long(tenant: TenantContext) -> None:
+    leaf = await issue(tenant)
+    await TenantResponder(tenant, clock=Clock()).warm()
+    clock = Clock()
+    clock.now = START + REFRESH_AFTER + timedelta(hours=1)  # back after a long stop
+
+    restarted = TenantResponder(tenant, clock=clock)
+    assert await restarted.warm() == 1
+    cached = restarted.cache.get(restarted.presign_request(leaf.serial_number).cache_key)
+    assert cached is not None and cached.this_update == clock.now
