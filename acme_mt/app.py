@@ -184,8 +184,9 @@ async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> N
     # Limitation: one process and one event loop serve every request, so on the
     # embedded defaults ACME issuance tops out at one core (14 to 21 ms of CPU a
     # certificate on two vCPUs). Several processes sharing the listeners
-    # (SO_REUSEPORT) would end it once nonces, rate limits and job leases,
-    # which the embedded back end keeps in process, live in a shared store.
+    # (SO_REUSEPORT) would end it once the replay nonces and rate limits, which
+    # the embedded back end keeps in process, live in a store they all share,
+    # and the other periodic jobs take leases as the OCSP refresh does.
     services = await open_services(settings)
     cert_path, key_path = await ensure_tls(settings, services.provider)
     tls_context = server_ssl_context(cert_path, key_path, services.provider.root_certificate)
