@@ -20,12 +20,14 @@ import pytest
 from acme_mt.config import StoreSettings
 from acme_mt.errors import ConfigError
 from acme_mt.models import Account, AuditEntry, CertificateRecord, utcnow
+from acme_mt.storage.base import OcspResponseRecord
 from acme_mt.storage.postgres import PostgresBackend
 from acme_mt.storage.postgres_roles import APP_ROLE, OWNER_ROLE
 from acme_mt.storage.postgres_tenant import PostgresTenantStore
 from tests.support.postgres import PostgresCluster
 
 NOW = utcnow()
+DAY = timedelta(days=1)
 
 
 @dataclass
@@ -152,6 +154,29 @@ async def test_insert_into_beta_in_alpha_context_is_refused(tenants: TwoTenants)
         await conn.close()
 
     assert await tenants.beta.get_eab_key("planted") is None
+
+
+async def test_alpha_context_neither_sees_nor_takes_betas_ocsp_responses_and_leases(
+    tenants: TwoTenants,
+) -> None:
+    response = OcspResponseRecord("0a", b"beta", NOW, NOW + timedelta(hours=24), NOW + DAY, False)
+    await tenants.beta.save_ocsp_responses([response])
+    assert await tenants.beta.claim_job("ocsp-refresh", "beta-replica", NOW, NOW + DAY)
+    conn = await tenants.app_connection()
+    try:
+        await in_context(conn, "alpha-id")
+        seen = await conn.fetch("SELECT serial FROM tenant_beta_id.ocsp_responses")
+        leases = await conn.fetch("SELECT holder FROM tenant_beta_id.job_leases")
+        replaced = await conn.execute("UPDATE tenant_beta_id.ocsp_responses SET der = '\\x00'")
+        taken = await conn.execute("UPDATE tenant_beta_id.job_leases SET holder = 'alpha'")
+        await conn.execute("COMMIT")
+    finally:
+        await conn.close()
+
+    assert (seen, leases, replaced, taken) == ([], [], "UPDATE 0", "UPDATE 0")
+    kept = await tenants.beta.list_ocsp_responses(NOW - DAY, 10)
+    assert [r.der for r in kept] == [b"beta"]
+    assert not await tenants.beta.claim_job("ocsp-refresh", "alpha", NOW, NOW + DAY)
 
 
 async def test_without_tenant_context_nothing_is_visible_or_writable(tenants: TwoTenants) -> None:
