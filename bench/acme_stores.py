@@ -33,7 +33,15 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run_pebble import Bench, background, cpu_seconds, dns_stub, loopback_env, wait_for  # noqa: E402
+from run_pebble import (  # noqa: E402
+    Bench,
+    acme_mt_env,
+    background,
+    cpu_seconds,
+    dns_stub,
+    loopback_env,
+    wait_for,
+)
 from store_compare import (  # noqa: E402
     ONBOARD_CONCURRENCY,
     environment,
@@ -81,15 +89,7 @@ def issue(
 ) -> dict[str, Any]:
     """Serve ``data_dir`` and run the generator over ``tenants`` tenants; its figures."""
     https_port, http_port = bench.free_port(), bench.free_port()
-    env = {
-        **env,
-        "ACME_MT_VALIDATION_HTTP01_PORT": str(bench.http01_port),
-        "ACME_MT_VALIDATION_DNS_RESOLVER": f"127.0.0.1:{bench.dns_port}",
-        "ACME_MT_SERVER_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
-        "ACME_MT_SERVER_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-        "ACME_MT_SERVER_HTTPS_URL": f"https://localhost:{https_port}",
-        "ACME_MT_SERVER_HTTP_URL": f"http://localhost:{http_port}",
-    }
+    env = {**env, **acme_mt_env(bench, https_port, http_port)}
     busy = sorted({i * tenants // opts.clients for i in range(opts.clients)})
     urls = [f"https://localhost:{https_port}/{slug(i)}/acme/directory" for i in busy]
     command = [sys.executable, "-m", "acme_mt", "serve", "--data-dir", str(data_dir)]

@@ -119,14 +119,9 @@ def pebble(bench: Bench, run_dir: Path) -> Iterator[Target]:
         yield Target(directory, root, process.pid)
 
 
-@contextmanager
-def acme_mt(bench: Bench, run_dir: Path) -> Iterator[Target]:
-    """Our server with its embedded back ends and a fresh data directory."""
-    command = acme_mt_command()
-    if command is None:
-        raise ServerUnavailable("acme-mt is not runnable yet (no `acme-mt serve`)")
-    https_port, http_port = bench.free_port(), bench.free_port()
-    env = {
+def acme_mt_env(bench: Bench, https_port: int, http_port: int) -> dict[str, str]:
+    """Settings that put ``acme-mt serve`` on loopback, validating through the bench."""
+    return {
         "ACME_MT_VALIDATION_HTTP01_PORT": str(bench.http01_port),
         "ACME_MT_VALIDATION_DNS_RESOLVER": f"127.0.0.1:{bench.dns_port}",
         "ACME_MT_SERVER_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
@@ -134,6 +129,16 @@ def acme_mt(bench: Bench, run_dir: Path) -> Iterator[Target]:
         "ACME_MT_SERVER_HTTPS_URL": f"https://localhost:{https_port}",
         "ACME_MT_SERVER_HTTP_URL": f"http://localhost:{http_port}",
     }
+
+
+@contextmanager
+def acme_mt(bench: Bench, run_dir: Path) -> Iterator[Target]:
+    """Our server with its embedded back ends and a fresh data directory."""
+    command = acme_mt_command()
+    if command is None:
+        raise ServerUnavailable("acme-mt is not runnable yet (no `acme-mt serve`)")
+    https_port, http_port = bench.free_port(), bench.free_port()
+    env = acme_mt_env(bench, https_port, http_port)
     command = [*command, "serve", "--data-dir", str(run_dir / "data")]
     with background(command, run_dir / "acme-mt.log", env) as process:
         root = run_dir / "root.pem"
