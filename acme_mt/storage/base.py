@@ -125,7 +125,8 @@ class StoreReader(Protocol):
     async def list_ocsp_responses(
         self, stored_since: datetime, limit: int
     ) -> list[OcspResponseRecord]:
-        """Responses kept at or after ``stored_since``, oldest first, at most ``limit``."""
+        """Responses kept at or after ``stored_since`` for certificates not yet
+        expired, oldest first, at most ``limit``."""
         ...
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...

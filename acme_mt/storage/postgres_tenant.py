@@ -260,9 +260,11 @@ class PostgresTenantStore(TenantStoreBase):
     ) -> list[OcspResponseRecord]:
         query = (
             "SELECT serial, der, this_update, next_update, not_after, revoked, stored_at"
-            " FROM ocsp_responses WHERE stored_at >= $1 ORDER BY stored_at LIMIT $2"
+            " FROM ocsp_responses WHERE stored_at >= $1 AND not_after > $2"
+            " ORDER BY stored_at LIMIT $3"
         )
-        rows = await self._run(lambda conn: conn.fetch(query, aware(stored_since), limit))
+        since = aware(stored_since)
+        rows = await self._run(lambda conn: conn.fetch(query, since, utcnow(), limit))
         return [
             OcspResponseRecord(
                 serial=row["serial"],

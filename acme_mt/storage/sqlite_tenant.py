@@ -441,8 +441,9 @@ class SqliteTenantStore:
         self, stored_since: datetime, limit: int
     ) -> list[OcspResponseRecord]:
         rows = await self._db.query(
-            "SELECT * FROM ocsp_responses WHERE stored_at >= ? ORDER BY stored_at LIMIT ?",
-            (_microseconds(stored_since), limit),
+            "SELECT * FROM ocsp_responses WHERE stored_at >= ? AND not_after > ?"
+            " ORDER BY stored_at LIMIT ?",
+            (_microseconds(stored_since), to_epoch(utcnow()), limit),
         )
         return [
             OcspResponseRecord(

@@ -652,6 +652,9 @@ async def test_ocsp_responses_round_trip_and_list_what_changed(store: TenantStor
     assert first.not_after == signed + 30 * DAY and first.revoked is False
     assert first.stored_at is not None and first.stored_at.tzinfo is not None
     assert [r.serial for r in await store.list_ocsp_responses(before, 1)] == ["0a"]
+    expired = replace(make_response("0c", signed - 40 * DAY), not_after=utcnow() - DAY)
+    await store.save_ocsp_responses([expired])
+    assert [r.serial for r in await store.list_ocsp_responses(before, 10)] == ["0a", "0b"]
 
 
 async def test_ocsp_response_never_goes_back_in_time_or_from_revoked_to_good(
