@@ -9,7 +9,7 @@ from acme_mt.config import Settings
 from acme_mt.errors import ConfigError
 from acme_mt.keystores.base import KeyStore
 from acme_mt.storage.base import StoreBackend
-from acme_mt.tenancy.nonces import NonceService
+from acme_mt.tenancy.nonces import NonceService, SignedNonces
 
 
 def open_store_backend(settings: Settings) -> StoreBackend:
@@ -25,10 +25,23 @@ def open_store_backend(settings: Settings) -> StoreBackend:
     raise ConfigError(f"[store] backend {settings.store.backend!r} is not available")
 
 
-def shared_nonce_factory(stores: StoreBackend) -> Callable[[str], NonceService] | None:
-    """Nonces every replica shares, when the store back end keeps them; else None (in process)."""
+def shared_nonce_factory(
+    stores: StoreBackend, worker_key: bytes | None = None
+) -> Callable[[str], NonceService] | None:
+    """Nonces that outlive this process's view, or None to keep them in process.
+
+    A store back end that keeps nonces (PostgreSQL) serves every replica. Failing
+    that, the worker processes of one server (``worker_key`` set) sign their
+    nonces with the key they share and record spent ones where all can see.
+    """
     factory = getattr(stores, "nonce_service", None)
-    return factory if callable(factory) else None
+    if callable(factory):
+        return factory  # type: ignore[no-any-return]
+    spent_nonces = getattr(stores, "spent_nonces", None)
+    if worker_key is None or not callable(spent_nonces):
+        return None
+    key = worker_key
+    return lambda tenant_id: SignedNonces(key, tenant_id, spent_nonces(tenant_id))
 
 
 def open_keystore(settings: Settings) -> KeyStore:

@@ -27,6 +27,8 @@ from pathlib import Path
 from acme_mt.errors import Conflict, StoreError
 from acme_mt.storage.base import TenantRecord
 from acme_mt.storage.sqlite_db import SqliteDatabase
+from acme_mt.storage.sqlite_liveness import FileLiveness
+from acme_mt.storage.sqlite_nonces import SqliteSpentNonces
 from acme_mt.storage.sqlite_rows import insert, tenant_from_row, tenant_to_row
 from acme_mt.storage.sqlite_tenant import SqliteTenantStore
 
@@ -37,6 +39,7 @@ TENANT_FILE = "store.sqlite3"
 
 #: The slug rule of the URLs; it also keeps a slug from naming a path outside the data directory.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+_TENANT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 Conn = sqlite3.Connection
 
@@ -50,6 +53,8 @@ class SqliteBackend:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self._open: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
+        self._spent: dict[str, SqliteSpentNonces] = {}
+        self._liveness = FileLiveness(self.data_dir / "instances")
 
     async def open_registry(self) -> SqliteRegistryStore:
         """Open the registry, creating the data directory and file on first use."""
@@ -67,7 +72,7 @@ class SqliteBackend:
         await asyncio.to_thread(_make_tenant_dir, path)
         db = await self._open_db(path, "tenant")
         logger.info("created tenant store %s", slug)
-        return SqliteTenantStore(tenant_id, slug, db)
+        return SqliteTenantStore(tenant_id, slug, db, self._liveness)
 
     async def open_tenant_store(self, tenant_id: str, slug: str) -> SqliteTenantStore:
         """Open an existing tenant's file, applying any pending migrations.
@@ -78,12 +83,26 @@ class SqliteBackend:
         if not await asyncio.to_thread(path.is_file):
             raise StoreError("the tenant has no store")
         db = await self._open_db(path, "tenant")
-        return SqliteTenantStore(tenant_id, slug, db)
+        return SqliteTenantStore(tenant_id, slug, db, self._liveness)
 
     async def close(self) -> None:
         """Close every registry and tenant store this back end opened and still holds."""
         for db in list(self._open):
             await db.close()
+        for spent in self._spent.values():
+            spent.close()
+        self._spent.clear()
+        self._liveness.close()
+
+    def spent_nonces(self, tenant_id: str) -> SqliteSpentNonces:
+        """The spent set of a tenant's signed nonces, which worker processes share."""
+        if not _TENANT_ID.fullmatch(tenant_id):
+            raise StoreError("invalid tenant id")
+        spent = self._spent.get(tenant_id)
+        if spent is None:
+            path = self.data_dir / "nonces" / f"{tenant_id}.sqlite"
+            spent = self._spent[tenant_id] = SqliteSpentNonces(path)
+        return spent
 
     def _tenant_path(self, slug: str) -> Path:
         if not _SLUG.match(slug):

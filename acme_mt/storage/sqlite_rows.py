@@ -343,8 +343,11 @@ def authorization_with_challenges(conn: sqlite3.Connection, row: sqlite3.Row) ->
     return authorization_from_rows(row, challenges)
 
 
-def insert_pending_certificate(conn: sqlite3.Connection, certificate: CertificateRecord) -> None:
-    """Record a serial before it is signed; the signed DER comes later."""
+def insert_pending_certificate(
+    conn: sqlite3.Connection, certificate: CertificateRecord, instance: int
+) -> None:
+    """Record a serial before it is signed, naming the process that signs it."""
     row = certificate_to_row(certificate)
     row.update(status=CertificateStatus.PENDING, der=None, revoked_at=None, revocation_reason=None)
+    row["issuer_instance"] = instance
     insert(conn, "certificates", row)

@@ -35,6 +35,7 @@ from acme_mt.storage.base import (
     OcspSignerRecord,
 )
 from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
+from acme_mt.storage.sqlite_liveness import FileLiveness
 from acme_mt.storage.sqlite_rows import (
     account_from_row,
     account_to_row,
@@ -70,10 +71,13 @@ Conn = sqlite3.Connection
 class SqliteTenantStore:
     """The store of one tenant, bound to its own file: no call reaches another tenant."""
 
-    def __init__(self, tenant_id: str, slug: str, db: SqliteDatabase) -> None:
+    def __init__(
+        self, tenant_id: str, slug: str, db: SqliteDatabase, liveness: FileLiveness
+    ) -> None:
         self.tenant_id = tenant_id
         self.slug = slug
         self._db = db
+        self._liveness = liveness
 
     async def _write(self, body: Callable[[Conn], T], audit: Sequence[AuditEntry]) -> T:
         """Run ``body`` and append ``audit`` in one transaction."""
@@ -84,6 +88,14 @@ class SqliteTenantStore:
             return result
 
         return await self._db.write(run)
+
+    def _hold_liveness(self) -> None:
+        """Hold this process's lock file before a pending serial names it."""
+        try:
+            self._liveness.hold()
+        except OSError as exc:
+            logger.error("tenant %s: liveness lock unavailable: %s", self.slug, exc.strerror)
+            raise StoreError("the liveness lock cannot be taken") from None
 
     async def _read_one(self, query: str, key: str) -> sqlite3.Row | None:
         rows = await self._db.query(query, (key,))
@@ -476,6 +488,8 @@ class SqliteTenantStore:
     ) -> bool:
         """Move a ready order to processing and record its serial as pending, or do nothing."""
 
+        self._hold_liveness()
+
         def body(conn: Conn) -> bool:
             cursor = conn.execute(
                 "UPDATE orders SET status = 'processing', certificate_serial = ?"
@@ -484,7 +498,7 @@ class SqliteTenantStore:
             )
             if cursor.rowcount == 0:
                 raise NothingChanged(False)
-            insert_pending_certificate(conn, certificate)
+            insert_pending_certificate(conn, certificate, self._liveness.instance)
             return True
 
         return await self._write(body, audit)
@@ -525,18 +539,29 @@ class SqliteTenantStore:
         await self._write(body, audit)
 
     async def recover_interrupted_issuance(self) -> int:
-        """Abandon every pending serial and make orders left processing ready again.
+        """Abandon pending serials of dead processes and make their orders ready again.
 
-        Run once at start-up, before serving: in this embedded back end one
-        server process owns the files. Returns how many serials were abandoned,
-        and audits them as ``issuance.recovered``.
+        Safe while other worker processes issue from the same file: a serial
+        stays pending while the process that recorded it holds its lock file.
+        Returns how many serials were abandoned, audited as ``issuance.recovered``.
         """
 
         def body(conn: Conn) -> int:
-            pending = conn.execute(
-                "SELECT serial FROM certificates WHERE status = 'pending' ORDER BY serial"
+            rows = conn.execute(
+                "SELECT serial, issuer_instance FROM certificates WHERE status = 'pending'"
+                " ORDER BY serial"
             ).fetchall()
-            conn.execute("UPDATE certificates SET status = 'abandoned' WHERE status = 'pending'")
+            owners = {row["issuer_instance"] for row in rows} - {None}
+            dead = self._liveness.dead(owners) if owners else set()
+            pending = [
+                row
+                for row in rows
+                if row["issuer_instance"] is None or row["issuer_instance"] in dead
+            ]
+            conn.executemany(
+                "UPDATE certificates SET status = 'abandoned' WHERE serial = ?",
+                [(row["serial"],) for row in pending],
+            )
             cursor = conn.execute(
                 "UPDATE orders SET status = 'ready', certificate_serial = NULL"
                 " WHERE status = 'processing' AND NOT EXISTS (SELECT 1 FROM certificates c"
@@ -559,7 +584,11 @@ class SqliteTenantStore:
 
         :raises acme_mt.errors.Conflict: the serial exists already.
         """
-        await self._write(lambda conn: insert_pending_certificate(conn, certificate), audit)
+        self._hold_liveness()
+        instance = self._liveness.instance
+        await self._write(
+            lambda conn: insert_pending_certificate(conn, certificate, instance), audit
+        )
 
     async def revoke_certificate(
         self, serial: str, reason: int, when: datetime, audit: Sequence[AuditEntry] = ()

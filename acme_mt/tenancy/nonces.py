@@ -1,14 +1,20 @@
 """Replay nonces (RFC 8555 §6.5), one pool per tenant.
 
-A nonce is single-use and valid only at the tenant that issued it. The embedded
-back end keeps them in process; a shared store keeps them for replicas.
+A nonce is single-use and valid only at the tenant that issued it. One embedded
+server process keeps them in memory; the worker processes of one server sign
+them and share a spent set; a shared store keeps them for replicas.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -44,3 +50,67 @@ class InMemoryNonces:
     async def redeem(self, nonce: str) -> bool:
         issued = self._nonces.pop(nonce, None)
         return issued is not None and time.monotonic() - issued <= self._max_age
+
+
+class SpentNonces(Protocol):
+    """The nonces some process already took, shared by every process that redeems."""
+
+    def spend(self, nonce_id: bytes, expires: int) -> bool:
+        """Record ``nonce_id`` as taken until ``expires`` (epoch seconds); False if it was."""
+        ...
+
+
+class SignedNonces:
+    """Nonces that any worker process of one server can check, each usable once.
+
+    A nonce carries when it was made, random bits and an HMAC over both and
+    the tenant id, under a key the workers share; issuing one writes nothing.
+    Redeeming checks the MAC and the age, then records the nonce in a spent
+    set every worker sees, so that only the first redemption anywhere counts.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        tenant_id: str,
+        spent: SpentNonces,
+        max_age_seconds: int = 900,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if len(key) < 32:
+            raise ValueError("the nonce key needs at least 256 bits")
+        self._key = key
+        self._tenant = tenant_id.encode()
+        self._spent = spent
+        self._max_age = int(max_age_seconds)
+        self._clock = clock
+
+    async def issue(self) -> str:
+        body = int(self._clock()).to_bytes(_STAMP, "big") + secrets.token_bytes(_RANDOM)
+        return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
+
+    async def redeem(self, nonce: str) -> bool:
+        """True the first time a nonce of this tenant, younger than the maximum age, comes back.
+
+        :raises TenantUnavailable: the spent set cannot be reached.
+        """
+        if not _SIGNED.fullmatch(nonce):
+            return False
+        raw = base64.urlsafe_b64decode(nonce + "==")
+        body, mac = raw[: _STAMP + _RANDOM], raw[_STAMP + _RANDOM :]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return False
+        made = int.from_bytes(body[:_STAMP], "big")
+        now = self._clock()
+        if not made - _CLOCK_SLACK <= now <= made + self._max_age:
+            return False
+        return self._spent.spend(body, made + self._max_age)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, self._tenant + b"\0" + body, hashlib.sha256).digest()[:_MAC]
+
+
+_STAMP, _RANDOM, _MAC = 5, 10, 15
+#: Seconds a nonce may claim to come from the future (the workers share one clock).
+_CLOCK_SLACK = 2
+_SIGNED = re.compile(r"[A-Za-z0-9_-]{40}")

@@ -541,6 +541,26 @@ async def test_recover_after_crash_abandons_serial_and_readies_order(
     assert verify_chain(await restarted.list_audit()) is None
 
 
+async def test_recovery_keeps_the_pending_serial_of_a_living_process(
+    backend: StoreBackend, second_backend: StoreBackend, store: TenantStore
+) -> None:
+    order = await ready_order(store, "order-1")
+    await store.begin_issuance(order, make_certificate("01", "order-1"))
+    starting = await second_backend.open_tenant_store("tenant-1", "alpha")
+
+    while_alive = await starting.recover_interrupted_issuance()
+    still_pending = await starting.get_certificate("01")
+    await backend.close()  # the process signing it dies with the serial pending
+    after_death = await starting.recover_interrupted_issuance()
+
+    assert (while_alive, after_death) == (0, 1)
+    assert still_pending is not None and still_pending.status == "pending"
+    assert await starting.get_order("order-1") == order
+    interrupted = await starting.get_certificate("01")
+    assert interrupted is not None and interrupted.status == "abandoned"
+    assert verify_chain(await starting.list_audit()) is None
+
+
 async def test_insert_certificate_without_order_completes(store: TenantStore) -> None:
     await store.create_account(make_account())
     est = make_certificate("0e57", None)

@@ -1,0 +1,133 @@
+"""Signed nonces, which the worker processes of one embedded server share."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from acme_mt.errors import TenantUnavailable
+from acme_mt.storage.sqlite import SqliteBackend
+from acme_mt.storage.sqlite_nonces import SqliteSpentNonces
+from acme_mt.tenancy.nonces import SignedNonces
+
+KEY = bytes(range(32))
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def worker(
+    path: Path, tenant_id: str = "t1", key: bytes = KEY, clock: Clock | None = None
+) -> SignedNonces:
+    """One worker's view: its own connection to the shared spent file."""
+    return SignedNonces(key, tenant_id, SqliteSpentNonces(path), clock=clock or Clock())
+
+
+async def test_a_nonce_redeems_once_and_in_any_worker(tmp_path: Path) -> None:
+    spent = tmp_path / "spent.sqlite"
+    first, second = worker(spent), worker(spent)
+
+    nonce = await first.issue()
+
+    assert await second.redeem(nonce)
+    assert not await first.redeem(nonce)
+    assert not await second.redeem(nonce)
+
+
+async def test_nonces_are_distinct_and_url_safe(tmp_path: Path) -> None:
+    service = worker(tmp_path / "spent.sqlite")
+
+    nonces = {await service.issue() for _ in range(2000)}
+
+    assert len(nonces) == 2000
+    assert all(len(n) == 40 and "=" not in n and "+" not in n and "/" not in n for n in nonces)
+
+
+async def test_another_tenants_nonce_is_refused_and_stays_usable_there(tmp_path: Path) -> None:
+    alpha = worker(tmp_path / "a.sqlite", "tenant-a")
+    beta = worker(tmp_path / "b.sqlite", "tenant-b")
+
+    nonce = await alpha.issue()
+
+    assert not await beta.redeem(nonce)
+    assert await alpha.redeem(nonce)
+
+
+async def test_a_nonce_signed_under_another_key_is_refused(tmp_path: Path) -> None:
+    ours = worker(tmp_path / "spent.sqlite")
+    other_server = worker(tmp_path / "other.sqlite", key=bytes(32))
+
+    assert not await ours.redeem(await other_server.issue())
+
+
+async def test_a_tampered_nonce_is_refused(tmp_path: Path) -> None:
+    service = worker(tmp_path / "spent.sqlite")
+    raw = bytearray(base64.urlsafe_b64decode(await service.issue() + "=="))
+    raw[7] ^= 1
+    tampered = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+
+    assert not await service.redeem(tampered)
+
+
+@pytest.mark.parametrize("nonce", ["", "abc", "A" * 39, "A" * 41, "!" * 40, "A" * 40])
+async def test_malformed_nonces_are_refused(tmp_path: Path, nonce: str) -> None:
+    assert not await worker(tmp_path / "spent.sqlite").redeem(nonce)
+
+
+async def test_an_old_nonce_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    service = worker(tmp_path / "spent.sqlite", clock=clock)
+    nonce = await service.issue()
+
+    clock.now += 901
+
+    assert not await service.redeem(nonce)
+
+
+async def test_a_nonce_from_the_future_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    service = worker(tmp_path / "spent.sqlite", clock=clock)
+    clock.now += 60
+    nonce = await service.issue()
+
+    clock.now -= 60
+
+    assert not await service.redeem(nonce)
+
+
+def test_a_short_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SignedNonces(b"short", "t1", SqliteSpentNonces(tmp_path / "spent.sqlite"))
+
+
+async def test_an_unwritable_spent_set_makes_the_tenant_unavailable(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    service = worker(blocked / "spent.sqlite")
+
+    with pytest.raises(TenantUnavailable):
+        await service.redeem(await service.issue())
+
+
+def test_the_backend_keeps_one_spent_file_per_tenant(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+
+    assert backend.spent_nonces("tenant1") is backend.spent_nonces("tenant1")
+    assert backend.spent_nonces("tenant1") is not backend.spent_nonces("tenant2")
+    backend.spent_nonces("tenant1").spend(b"x" * 15, 2_000_000_000)
+    backend.spent_nonces("tenant2").spend(b"x" * 15, 2_000_000_000)
+
+    assert sorted(p.name for p in (tmp_path / "nonces").iterdir() if p.suffix == ".sqlite") == [
+        "tenant1.sqlite",
+        "tenant2.sqlite",
+    ]
+    for bad in ("../escape", "a/b", "", "x" * 65):
+        with pytest.raises(Exception, match="invalid tenant id"):
+            backend.spent_nonces(bad)
