@@ -46,6 +46,9 @@ SCRAM_ITERATIONS = 4096
 #: Attributes both managed roles get, and keep, whatever an earlier start left.
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
+#: The advisory lock (one bigint key) held while the managed roles are made or altered.
+ROLES_LOCK = 0x61636D74_726F6C65
+
 
 @dataclass(frozen=True)
 class Login:
@@ -187,13 +190,19 @@ async def plan_connections(settings: StoreSettings, data_dir: Path) -> Connectio
             stored = load_or_create_secrets(secrets_path(settings, data_dir))
             owner = admin.as_role(OWNER_ROLE, stored["owner_password"])
             app = admin.as_role(APP_ROLE, stored["app_password"])
-            await _ensure_role(conn, owner)
-            await _ensure_role(conn, app)
-            database = quote_ident(await conn.fetchval("SELECT current_database()"))
-            await conn.execute(
-                f"GRANT CONNECT, CREATE ON DATABASE {database} TO {OWNER_ROLE};"
-                f" GRANT CONNECT ON DATABASE {database} TO {APP_ROLE}"
-            )
+            # Processes starting together would otherwise alter the same catalog
+            # rows at once, which PostgreSQL refuses ("tuple concurrently updated").
+            await conn.execute("SELECT pg_advisory_lock($1)", ROLES_LOCK)
+            try:
+                await _ensure_role(conn, owner)
+                await _ensure_role(conn, app)
+                database = quote_ident(await conn.fetchval("SELECT current_database()"))
+                await conn.execute(
+                    f"GRANT CONNECT, CREATE ON DATABASE {database} TO {OWNER_ROLE};"
+                    f" GRANT CONNECT ON DATABASE {database} TO {APP_ROLE}"
+                )
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", ROLES_LOCK)
             return ConnectionPlan(app=app, owner=owner, managed=True)
     finally:
         await conn.close()
