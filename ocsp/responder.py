@@ -169,6 +169,8 @@ class TenantResponder:
             record = await self._lookup(cert.serial)
             result = None
             if record is not None:
+                result = await self._kept_elsewhere(cert)
+            if record is not None and result is None:
                 result = (await self._sign_and_keep([(cert, record)], read_in))[0]
             future.set_result(result)
             return result
@@ -178,6 +180,21 @@ class TenantResponder:
             raise
         finally:
             del self._inflight[key]
+
+    async def _kept_elsewhere(self, cert: CertRequest) -> CachedResponse | None:
+        """The response another process (the one that issued) signed and kept, if any.
+
+        Taking it rather than signing here keeps every worker and replica
+        answering with the same bytes, so ETags and caches agree.
+        """
+        if cert.cache_key != self.presign_request(cert.serial).cache_key:
+            return None
+        try:
+            await self.pull()
+        except AcmeMtError as exc:
+            logger.warning("OCSP pull of tenant %s failed: %s", self.tenant.slug, exc)
+            return None
+        return self.cache.get(cert.cache_key)
 
     async def _lookup(self, serial: int) -> CertificateRecord | None:
         record = await self.tenant.store.get_certificate(format(serial, "x"))

@@ -6,12 +6,19 @@ restart reuses it. It is replaced once less than ``RENEW_BEFORE`` remains:
 that margin is longer than a response's validity window, so every response
 expires before the certificate that signed it. The tenant's audit chain
 records each new signer, before and after its certificate is signed.
+
+Only the process holding the tenant's ``ocsp-signer`` lease in the store
+issues a signer; the worker processes and replicas that find the signer due
+at the same moment wait for the one it saves, so a tenant has one signer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from datetime import datetime, timedelta
 
 from acme_mt.errors import AcmeMtError
@@ -24,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 #: Renew the signer when less than this remains; more than RESPONSE_WINDOW.
 RENEW_BEFORE = timedelta(days=2)
+SIGNER_JOB = "ocsp-signer"
+#: Longer than issuing a signer takes, even on a slow HSM.
+SIGNER_LEASE = timedelta(seconds=60)
+#: How long a process waits for the lease holder's signer before it gives up.
+ADOPT_WAIT_SECONDS = 30.0
+ADOPT_POLL_SECONDS = 0.1
+#: This process, as it names itself when it holds the signer lease.
+HOLDER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class SignerKeeper:
@@ -40,10 +55,13 @@ class SignerKeeper:
         A signer that lasts as long as the tenant CA itself is never replaced:
         no newer one could last longer.
         """
-        if self._signer is None:
+        return self._due(self._signer, now)
+
+    def _due(self, signer: OcspSigner | None, now: datetime) -> bool:
+        if signer is None:
             return True
         ca_ends = self._tenant.issuer.certificate.not_valid_after_utc
-        return self._signer.not_after - now <= RENEW_BEFORE and self._signer.not_after < ca_ends
+        return signer.not_after - now <= RENEW_BEFORE and signer.not_after < ca_ends
 
     async def current(self, now: datetime) -> OcspSigner:
         """The signer to sign with now: the saved one if still good, else a new one.
@@ -62,9 +80,31 @@ class SignerKeeper:
                 ):
                     self._signer = stored
             if self.due(now):
-                self._signer = await self._issue(now, self._signer)
+                self._signer = await self._issue_or_adopt(now)
             assert self._signer is not None
             return self._signer
+
+    async def _issue_or_adopt(self, now: datetime) -> OcspSigner:
+        """Issue a signer holding the lease, or take the one the lease's holder saves.
+
+        :raises acme_mt.errors.AcmeMtError: the store failed, or the holder saved
+            no signer in time.
+        """
+        store = self._tenant.store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ADOPT_WAIT_SECONDS
+        while True:
+            if await store.claim_job(SIGNER_JOB, HOLDER, now, now + SIGNER_LEASE):
+                stored = await self._load()  # the previous holder may have saved one
+                if stored is not None and not self._due(stored, now):
+                    return stored
+                return await self._issue(now, self._signer)
+            if loop.time() > deadline:
+                raise AcmeMtError("another process holds the OCSP signer lease but saved none")
+            await asyncio.sleep(ADOPT_POLL_SECONDS)
+            stored = await self._load()
+            if stored is not None and not self._due(stored, now):
+                return stored
 
     async def _load(self) -> OcspSigner | None:
         record = await self._tenant.store.get_ocsp_signer()
