@@ -40,6 +40,7 @@ from acme_mt.validation import Validator
 from acme_mt.web.keys import AUTHORITY, LOG_EVERY_REQUEST, SETTINGS, TENANTS
 from acme_mt.web.middleware import relying_party_routes, request_context
 from acme_mt.web.routes import acme_routes
+from acme_mt.workers import Supervisor, WorkerLink
 from crl import setup_crl
 from est import register_est
 from ocsp import setup_ocsp
@@ -70,8 +71,13 @@ class Services:
         await self.keystore.close()
 
 
-async def open_services(settings: Settings, *, bootstrap: bool = True) -> Services:
-    """Open the back ends; on the first start make the root and the default tenant."""
+async def open_services(
+    settings: Settings, *, bootstrap: bool = True, nonce_key: bytes | None = None
+) -> Services:
+    """Open the back ends; on the first start make the root and the default tenant.
+
+    ``nonce_key`` is the key the worker processes of one server share.
+    """
     stores = open_store_backend(settings)
     keystore = open_keystore(settings)
     registry = await stores.open_registry()
@@ -86,7 +92,7 @@ async def open_services(settings: Settings, *, bootstrap: bool = True) -> Servic
         stores,
         keystore,
         provider.root_certificate,
-        nonce_factory=shared_nonce_factory(stores),
+        nonce_factory=shared_nonce_factory(stores, nonce_key),
     )
     validator = Validator(settings.validation)
     events = Events()
@@ -179,15 +185,18 @@ def server_ssl_context(
     return context
 
 
-async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve both listeners until SIGINT/SIGTERM (or ``stop`` is set)."""
-    # Limitation: one process and one event loop serve every request, so on the
-    # embedded defaults ACME issuance tops out at one core (14 to 21 ms of CPU a
-    # certificate on two vCPUs). Several processes sharing the listeners
-    # (SO_REUSEPORT) would end it once the replay nonces and rate limits, which
-    # the embedded back end keeps in process, live in a store they all share,
-    # and the other periodic jobs take leases as the OCSP refresh does.
-    services = await open_services(settings)
+async def run_server(
+    settings: Settings, stop: asyncio.Event | None = None, link: WorkerLink | None = None
+) -> None:
+    """Serve both listeners until SIGINT/SIGTERM (or ``stop`` is set).
+
+    With ``link`` this process is one of several workers: it shares the
+    listening ports, the nonces and the certificate events with the others,
+    and its supervisor announces the URLs.
+    """
+    services = await open_services(settings, nonce_key=link.nonce_key if link else None)
+    if link is not None:
+        services.events.relay = link.relay
     cert_path, key_path = await ensure_tls(settings, services.provider)
     tls_context = server_ssl_context(cert_path, key_path, services.provider.root_certificate)
     secure = web.AppRunner(https_app(services, tls_context), access_log=None)
@@ -196,23 +205,64 @@ async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> N
     await plain.setup()
     https_host, https_port = split_host_port(settings.server.https_listen, 8443)
     http_host, http_port = split_host_port(settings.server.http_listen, 8080)
+    shared = link is not None
     sites = [
-        web.TCPSite(secure, https_host, https_port, ssl_context=tls_context),
-        web.TCPSite(plain, http_host, http_port),
+        web.TCPSite(secure, https_host, https_port, ssl_context=tls_context, reuse_port=shared),
+        web.TCPSite(plain, http_host, http_port, reuse_port=shared),
     ]
     for site in sites:
         await site.start()
-    stop = stop or asyncio.Event()
+    stop = stop or _stop_on_signals()
+    listening: asyncio.Task[None] | None = None
+    if link is None:
+        _announce(settings)
+    else:
+        link.ready()
+        listening = asyncio.create_task(link.listen(services.events, stop))
+    try:
+        await stop.wait()
+    finally:
+        if listening is not None:
+            listening.cancel()
+            link.close()  # type: ignore[union-attr]
+        await secure.cleanup()
+        await plain.cleanup()
+        await services.close()
+
+
+async def run_supervisor(
+    settings: Settings, command: list[str], count: int, stop: asyncio.Event | None = None
+) -> None:
+    """Make what the workers share once, then run ``count`` of them until stopped."""
+    services = await open_services(settings)
+    try:
+        await ensure_tls(settings, services.provider)
+    finally:
+        await services.close()
+    stop = stop or _stop_on_signals()
+    await Supervisor(command, count).run(stop, lambda: _announce(settings, count))
+
+
+async def run_worker(settings: Settings, fd: int) -> None:
+    """One worker under a supervisor, on the socket it was given."""
+    link = await WorkerLink.connect(fd)
+    await run_server(settings, link=link)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _announce(settings: Settings, workers: int = 1) -> None:
     base = settings.server.https_url.rstrip("/")
-    print(f"acme-mt serving; ACME directory: {base}/{DEFAULT_TENANT}/acme/directory", flush=True)
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    print(
+        f"acme-mt serving{processes}; ACME directory: {base}/{DEFAULT_TENANT}/acme/directory",
+        flush=True,
+    )
     print(f"root certificate: {settings.server.http_url.rstrip('/')}/root.pem", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await secure.cleanup()
-        await plain.cleanup()
-        await services.close()

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from acme_mt.app import run_server
+from acme_mt.app import run_server, run_supervisor, run_worker
 from acme_mt.audit import verify_chain
 from acme_mt.authority.domains import record_name, verify_domain
 from acme_mt.authority.enrollment import create_credential, revoke_credential
@@ -35,6 +35,7 @@ from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant, set_tenan
 from acme_mt.tenancy.policy import TenantPolicy
 from acme_mt.urls import AcmeUrls
 from acme_mt.validation.resolver import Resolver
+from acme_mt.workers import link_fd_from_environment, worker_command, worker_count
 
 
 def _b64url(data: bytes) -> str:
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, args.data_dir)
         if args.command == "serve":
             setup_logging()
-            _run(settings, run_server(settings))
+            _serve(settings, args)
             return 0
         setup_logging("WARNING")
         return int(asyncio.run(_with_registry(settings, args.run, args)))
@@ -418,6 +419,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    """One server process, a worker under a supervisor, or the supervisor itself."""
+    fd = link_fd_from_environment()
+    if fd is not None:
+        _run(settings, run_worker(settings, fd))
+        return
+    count = worker_count(settings)
+    if count == 1:
+        _run(settings, run_server(settings))
+        return
+    command = worker_command(args.config, args.data_dir)
+    _run(settings, run_supervisor(settings, command, count))
 
 
 def _run(settings: Settings, coroutine: Awaitable[None]) -> None:

@@ -26,6 +26,8 @@ class ServerSettings:
     data_dir: str = "./acme-mt-data"
     max_body_bytes: int = 64 * 1024
     uvloop: bool = True
+    #: Server processes sharing the listeners; 0 is one for each CPU this process may use.
+    workers: int = 0
     #: Log every OCSP, CRL and CA-certificate request, not only failed ones.
     log_relying_party_requests: bool = False
 

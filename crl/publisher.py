@@ -5,6 +5,12 @@ schedule and shortly after each revocation: never per request. One worker task
 per tenant does all its signing, so numbers, bases and deltas of one tenant
 never interleave; tenants sign side by side in a small thread pool.
 
+Limitation: each worker process of a server signs its own copy of a tenant's
+CRLs (the revocation event reaches every worker), so the signing work is done
+once per worker and two requests that land on different workers may see CRL
+numbers a few seconds apart. Keeping the signed CRLs in the store under a job
+lease, as pre-signed OCSP responses are kept, would end both.
+
 A revocation event is debounced per tenant (2 s after the last, at most 10 s
 after the first). The shards it touched get a new full CRL and delta, unless
 the full CRL took long to sign (a million entries take tens of seconds): then

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 # Limitation: the rate and burst are the same for every tenant; a field of the
 # tenant's tier or policy would let a tenant with many nonce-insisting
-# appliances buy more, and a bucket in the shared store would bound it across
-# replicas.
+# appliances buy more. Each process keeps its own bucket, so the worker
+# processes of one server and the replicas behind a balancer each allow the
+# full rate; a bucket in the shared store would bound them together.
 #: Fresh signatures per second per tenant, and how many may come at once.
 LIVE_SIGNATURES_PER_SECOND = 20.0
 LIVE_SIGNATURE_BURST = 100

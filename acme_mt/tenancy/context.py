@@ -23,6 +23,9 @@ SLUG_PATTERN = r"[a-z0-9][a-z0-9-]{1,62}"
 
 #: How many challenge validations one tenant may run at once; a flood of
 #: challenges in one tenant waits on its own semaphore, not on everyone's.
+# Limitation: the semaphore is per process, so each worker process (and each
+# replica) allows this many; a count of running validations in the shared
+# store would bound the tenant as a whole.
 VALIDATIONS_PER_TENANT = 32
 
 

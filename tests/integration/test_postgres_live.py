@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import urllib.parse
@@ -157,6 +158,12 @@ SETTLE_SECONDS = 1.0
 KILL_ATTEMPTS = 3
 
 
+def signal_all(pids: list[int], number: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+
+
 async def stop_while_pending(
     server: LiveServer, dsn: str, schema: str, deadline: float
 ) -> set[str] | None:
@@ -167,20 +174,20 @@ async def stop_while_pending(
     all the same), or None when no serial was ever seen pending.
     """
     assert server.process is not None
-    pid = server.process.pid
+    pids = server.processes()  # the supervisor and its workers, all at once
     loop = asyncio.get_running_loop()
     conn = await asyncpg.connect(dsn)
     pending = f"SELECT serial FROM {schema}.certificates WHERE status = 'pending'"
     try:
         while loop.time() < deadline:
             if await conn.fetch(pending):
-                os.kill(pid, signal.SIGSTOP)
+                signal_all(pids, signal.SIGSTOP)
                 if await conn.fetch(pending):
-                    os.kill(pid, signal.SIGKILL)
+                    signal_all(pids, signal.SIGKILL)
                     server.process.wait(10)
                     await asyncio.sleep(SETTLE_SECONDS)
                     return {row["serial"] for row in await conn.fetch(pending)}
-                os.kill(pid, signal.SIGCONT)
+                signal_all(pids, signal.SIGCONT)
             await asyncio.sleep(0.001)
     finally:
         await conn.close()

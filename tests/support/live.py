@@ -129,6 +129,11 @@ class LiveServer:
                 self.process.kill()
                 self.process.wait()
 
+    def processes(self) -> list[int]:
+        """The server's process and every process under it (its workers), Linux only."""
+        assert self.process is not None
+        return process_tree(self.process.pid)
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``acme-mt`` on the same data directory as the server."""
         return subprocess.run(
@@ -157,6 +162,22 @@ class LiveServer:
         return body["kid"], body["hmac_key"]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living descendants, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    found = [pid]
+    for member in found:
+        found.extend(child for child, parent in parents.items() if parent == member)
+    return found
+
+
 def server_env(
     data_dir: Path,
     https_port: int,
@@ -176,6 +197,8 @@ def server_env(
         ACME_MT_VALIDATION_HTTP01_PORT=str(http01_port),
         ACME_MT_VALIDATION_TLSALPN01_PORT=str(tlsalpn_port),
         ACME_MT_VALIDATION_TIMEOUT_SECONDS="5",
+        # Two worker processes on any machine, so every live test crosses workers.
+        ACME_MT_SERVER_WORKERS="2",
     )
     env.update(extra_env or {})
     return env

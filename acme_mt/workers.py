@@ -1,0 +1,282 @@
+"""Several server processes behind the same listeners, under one supervisor.
+
+One Python process serves from one core. ``acme-mt serve`` therefore starts a
+supervisor that makes the provider root, the default tenant and the listener's
+certificate once, then starts ``[server] workers`` processes (one for each CPU
+by default). Each worker is a whole server that binds both listeners with
+``SO_REUSEPORT``, so the kernel spreads connections among them.
+
+What the workers must agree on lives where all of them see it: rows in the
+store; replay nonces signed with a key the supervisor hands each worker and a
+spent set on disk (or the store's own nonces on PostgreSQL); job leases in the
+store. Certificate events travel through the supervisor, so a revocation made
+by one worker reaches every worker's OCSP responder and CRL publisher at once.
+
+The supervisor talks to each worker over a socket pair, one JSON object a
+line: to the worker first the nonce key, then the events of other workers;
+from the worker ``ready`` once it listens, then its events. A worker whose
+supervisor goes away stops; a worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from acme_mt.config import Settings
+from acme_mt.errors import AcmeMtError
+from acme_mt.events import Events
+
+logger = logging.getLogger(__name__)
+
+#: Names the inherited socket of a worker; set only by the supervisor.
+LINK_FD_VARIABLE = "ACME_MT_INTERNAL_WORKER_FD"
+AUTO_MAX_WORKERS = 8
+STARTUP_SECONDS = 120.0
+STOP_SECONDS = 20.0
+RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: A worker that lived this long before dying is restarted without delay.
+STEADY_SECONDS = 60.0
+
+
+def worker_count(settings: Settings) -> int:
+    """The ``[server] workers`` setting, or one per CPU this process may run on."""
+    if settings.server.workers < 0:
+        raise AcmeMtError("[server] workers must be 0 (one per CPU) or more")
+    if settings.server.workers:
+        return settings.server.workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, AUTO_MAX_WORKERS))
+
+
+# The worker's side.
+
+
+class WorkerLink:
+    """A worker's line to its supervisor: the nonce key in, events both ways."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nonce_key: bytes
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.nonce_key = nonce_key
+
+    @classmethod
+    async def connect(cls, fd: int) -> WorkerLink:
+        """Open the inherited socket and read the nonce key, the supervisor's first line."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        first = _parse(await reader.readline()) or {}
+        try:
+            key = base64.urlsafe_b64decode(str(first.get("nonce_key", "")))
+        except ValueError:
+            key = b""
+        if len(key) < 32:
+            raise AcmeMtError("the supervisor sent no nonce key")
+        return cls(reader, writer, key)
+
+    def relay(self, kind: str, tenant_id: str, serial: str) -> None:
+        """Pass an event made here on to the other workers."""
+        self._send({"event": kind, "tenant": tenant_id, "serial": serial})
+
+    def ready(self) -> None:
+        self._send({"ready": True})
+
+    async def listen(self, events: Events, stop: asyncio.Event) -> None:
+        """Deliver the other workers' events until the supervisor goes away, then stop."""
+        try:
+            while line := await self._reader.readline():
+                message = _parse(line)
+                kind = message.get("event") if message else None
+                if message and isinstance(kind, str):
+                    events.deliver(kind, str(message.get("tenant")), str(message.get("serial")))
+        except (ConnectionError, OSError):
+            pass
+        logger.warning("the supervisor went away; stopping")
+        stop.set()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _send(self, message: dict[str, object]) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(json.dumps(message).encode() + b"\n")
+
+
+def link_fd_from_environment() -> int | None:
+    """The socket the supervisor gave this process, taken out of the environment."""
+    value = os.environ.pop(LINK_FD_VARIABLE, None)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise AcmeMtError("the worker socket is not a number") from None
+
+
+# The supervisor's side.
+
+
+@dataclass
+class _Worker:
+    number: int
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = 0.0
+    failures: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Supervisor:
+    """Starts the workers, passes their events around, restarts any that die."""
+
+    def __init__(self, command: list[str], count: int) -> None:
+        self._command = command
+        self._workers = [_Worker(number) for number in range(count)]
+        self._nonce_key = secrets.token_bytes(32)
+        self._stopping = False
+        self._failed: asyncio.Event = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None]) -> None:
+        """Serve until ``stop`` is set; fail when the workers cannot all start."""
+        try:
+            for worker in self._workers:
+                await self._start(worker)
+            await self._wait_ready()
+            on_ready()
+            await stop.wait()
+        finally:
+            await self._stop_all()
+
+    async def _wait_ready(self) -> None:
+        async def all_ready() -> None:
+            for worker in self._workers:
+                await worker.ready.wait()
+
+        ready = asyncio.create_task(all_ready())
+        failed = asyncio.create_task(self._failed.wait())
+        try:
+            await asyncio.wait(
+                [ready, failed], timeout=STARTUP_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            failed.cancel()
+            ready.cancel()
+        if self._failed.is_set() or not all(worker.ready.is_set() for worker in self._workers):
+            raise AcmeMtError("the server processes did not start; see the log above")
+
+    async def _start(self, worker: _Worker) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, LINK_FD_VARIABLE: str(theirs.fileno())}
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *self._command, env=env, pass_fds=(theirs.fileno(),)
+            )
+        finally:
+            theirs.close()
+        worker.started = time.monotonic()
+        worker.ready.clear()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        worker.writer = writer
+        key = base64.urlsafe_b64encode(self._nonce_key).decode()
+        writer.write(json.dumps({"nonce_key": key}).encode() + b"\n")
+        for job in (self._listen(worker, reader), self._watch(worker, worker.process)):
+            task = asyncio.create_task(job)
+            worker.tasks.add(task)
+            task.add_done_callback(worker.tasks.discard)
+        logger.info("started worker %d (pid %d)", worker.number, worker.process.pid)
+
+    async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while line := await reader.readline():
+                message = _parse(line)
+                if message is None:
+                    continue
+                if message.get("ready") is True:
+                    worker.ready.set()
+                elif "event" in message:
+                    self._broadcast(worker, line)
+
+    def _broadcast(self, source: _Worker, line: bytes) -> None:
+        for worker in self._workers:
+            writer = worker.writer
+            if worker is not source and writer is not None and not writer.is_closing():
+                writer.write(line)
+
+    async def _watch(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
+        if self._stopping:
+            return
+        if not worker.ready.is_set():
+            logger.error("worker %d exited with %s before it served", worker.number, code)
+            self._failed.set()
+            return
+        lived = time.monotonic() - worker.started
+        worker.failures = 0 if lived > STEADY_SECONDS else worker.failures + 1
+        delay = 0.0
+        if worker.failures:
+            delay = RESTART_BACKOFF[min(worker.failures, len(RESTART_BACKOFF)) - 1]
+        logger.error(
+            "worker %d exited with %s; starting it again in %g s", worker.number, code, delay
+        )
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._start(worker)
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        running = [w.process for w in self._workers if w.process and w.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            await asyncio.wait(
+                [asyncio.create_task(p.wait()) for p in running], timeout=STOP_SECONDS
+            )
+            for process in running:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+        for worker in self._workers:
+            for task in list(worker.tasks):
+                task.cancel()
+            if worker.writer is not None:
+                worker.writer.close()
+
+
+def worker_command(config: str | None, data_dir: str | None) -> list[str]:
+    """How the supervisor starts a worker: ``serve`` again, on the same settings."""
+    command = [sys.executable, "-m", "acme_mt", "serve"]
+    if config:
+        command += ["--config", config]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    return command
+
+
+def _parse(line: bytes) -> dict[str, object] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
