@@ -33,11 +33,11 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from _procs import cpu_seconds, resident_kib  # noqa: E402
 from run_pebble import (  # noqa: E402
     Bench,
     acme_mt_env,
     background,
-    cpu_seconds,
     dns_stub,
     loopback_env,
     wait_for,
@@ -45,7 +45,6 @@ from run_pebble import (  # noqa: E402
 from store_compare import (  # noqa: E402
     ONBOARD_CONCURRENCY,
     environment,
-    resident_kib,
     set_synchronous_commit,
 )
 

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from _procs import cpu_seconds
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -162,15 +163,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """User plus system CPU of a process, from /proc, or None when unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """User plus system CPU of the server and its workers, or None when unknown."""
+    return None if pid is None else cpu_seconds(pid)
 
 
 async def measure(
@@ -185,7 +180,7 @@ async def measure(
             logger.warning("warm-up errors: %s", dict(warmup.errors))
     load_before = round(os.getloadavg()[0], 2)
     run = Run(opts.certs, opts.duration, opts.max_errors)
-    server_cpu = process_cpu_seconds(target.server_pid)
+    server_cpu = server_cpu_seconds(target.server_pid)
     own_cpu = time.process_time()
     run.go = run.last_progress = time.perf_counter()
     tasks = [asyncio.create_task(client_task(run, target, requests)) for _ in range(clients)]
@@ -201,7 +196,7 @@ async def measure(
             break
     elapsed = time.perf_counter() - run.go
     count = len(run.latencies)
-    server_after = process_cpu_seconds(target.server_pid)
+    server_after = server_cpu_seconds(target.server_pid)
 
     def per_cert_ms(seconds: float | None) -> float | None:
         return round(seconds * 1000 / count, 2) if count and seconds is not None else None

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _procs import cpu_seconds
 from _tls import make_localhost_tls
 from dnslib import DNSRecord
 
@@ -274,12 +275,6 @@ def run_generator(
     except (IndexError, ValueError):
         return None
     return figures
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process and its threads so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(

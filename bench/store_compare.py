@@ -58,6 +58,8 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _procs import resident_kib  # noqa: E402
+
 from acme_mt.backends import open_keystore, open_store_backend  # noqa: E402
 from acme_mt.config import Settings, load_settings  # noqa: E402
 from acme_mt.models import (  # noqa: E402
@@ -325,13 +327,6 @@ def wait_for(url: str) -> bytes:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"server did not answer {url}")
-
-
-def resident_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def environment(backend: str, dsn: str, secrets_file: str) -> dict[str, str]:
