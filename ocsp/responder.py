@@ -156,8 +156,12 @@ class TenantResponder:
         if not self._bucket.take():
             raise TryLater("too many fresh OCSP signatures for this tenant")
 
-    async def _ensure(self, cert: CertRequest) -> CachedResponse | None:
-        """The cached response for an issued serial, signing it once if missing."""
+    async def _ensure(self, cert: CertRequest, *, kept: bool = True) -> CachedResponse | None:
+        """The cached response for an issued serial, signing it once if missing.
+
+        With ``kept`` a response another process signed and kept is taken
+        first; the process that issued the certificate signs without looking.
+        """
         key = cert.cache_key
         pending = self._inflight.get(key)
         if pending is not None:
@@ -168,7 +172,7 @@ class TenantResponder:
             read_in = self._generation
             record = await self._lookup(cert.serial)
             result = None
-            if record is not None:
+            if record is not None and kept:
                 result = await self._kept_elsewhere(cert)
             if record is not None and result is None:
                 result = (await self._sign_and_keep([(cert, record)], read_in))[0]
@@ -190,10 +194,12 @@ class TenantResponder:
         if cert.cache_key != self.presign_request(cert.serial).cache_key:
             return None
         try:
-            await self.pull()
+            record = await self.tenant.store.get_ocsp_response(format(cert.serial, "x"))
         except AcmeMtError as exc:
-            logger.warning("OCSP pull of tenant %s failed: %s", self.tenant.slug, exc)
+            logger.warning("OCSP read of tenant %s failed: %s", self.tenant.slug, exc)
             return None
+        if record is not None:
+            self._take(record, self._clock())
         return self.cache.get(cert.cache_key)
 
     async def _lookup(self, serial: int) -> CertificateRecord | None:
@@ -416,7 +422,7 @@ class TenantResponder:
     # Certificate events (acme_mt.events): quick, never raising.
 
     def issued(self, serial_hex: str) -> None:
-        self._spawn(self._ensure(self.presign_request(int(serial_hex, 16))))
+        self._spawn(self._ensure(self.presign_request(int(serial_hex, 16)), kept=False))
 
     def revoked(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)

@@ -265,18 +265,15 @@ class PostgresTenantStore(TenantStoreBase):
         )
         since = aware(stored_since)
         rows = await self._run(lambda conn: conn.fetch(query, since, utcnow(), limit))
-        return [
-            OcspResponseRecord(
-                serial=row["serial"],
-                der=bytes(row["der"]),
-                this_update=row["this_update"],
-                next_update=row["next_update"],
-                not_after=row["not_after"],
-                revoked=row["revoked"],
-                stored_at=row["stored_at"],
-            )
-            for row in rows
-        ]
+        return [_ocsp_response_from_row(row) for row in rows]
+
+    async def get_ocsp_response(self, serial: str) -> OcspResponseRecord | None:
+        query = (
+            "SELECT serial, der, this_update, next_update, not_after, revoked, stored_at"
+            " FROM ocsp_responses WHERE serial = $1 AND not_after > $2"
+        )
+        row = await self._run(lambda conn: conn.fetchrow(query, serial.lower(), utcnow()))
+        return None if row is None else _ocsp_response_from_row(row)
 
     async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         query = (
@@ -413,3 +410,15 @@ _UPSERT_OCSP_RESPONSE = (
     " WHERE excluded.this_update >= ocsp_responses.this_update"
     " AND (excluded.revoked OR NOT ocsp_responses.revoked)"
 )
+
+
+def _ocsp_response_from_row(row: Any) -> OcspResponseRecord:
+    return OcspResponseRecord(
+        serial=row["serial"],
+        der=bytes(row["der"]),
+        this_update=row["this_update"],
+        next_update=row["next_update"],
+        not_after=row["not_after"],
+        revoked=row["revoked"],
+        stored_at=row["stored_at"],
+    )

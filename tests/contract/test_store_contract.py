@@ -677,6 +677,25 @@ async def test_ocsp_responses_round_trip_and_list_what_changed(store: TenantStor
     assert [r.serial for r in await store.list_ocsp_responses(before, 10)] == ["0a", "0b"]
 
 
+async def test_ocsp_response_of_one_serial_is_read_alone(
+    store: TenantStore, second_backend: StoreBackend
+) -> None:
+    signed = NOW.replace(microsecond=0)
+    await store.save_ocsp_responses([make_response("0A", signed, der=b"first")])
+    await store.save_ocsp_responses([make_response("0b", signed, der=b"second")])
+    expired = replace(make_response("0c", signed - 40 * DAY), not_after=utcnow() - DAY)
+    await store.save_ocsp_responses([expired])
+    other = await second_backend.open_tenant_store("tenant-1", "alpha")
+
+    found = await other.get_ocsp_response("0a")
+
+    assert found is not None and (found.serial, found.der) == ("0a", b"first")
+    assert found.stored_at is not None and found.this_update == signed
+    assert (await store.get_ocsp_response("0B")) is not None
+    assert await store.get_ocsp_response("0c") is None
+    assert await store.get_ocsp_response("0d") is None
+
+
 async def test_ocsp_response_never_goes_back_in_time_or_from_revoked_to_good(
     store: TenantStore,
 ) -> None:

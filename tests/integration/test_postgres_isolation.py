@@ -176,6 +176,8 @@ async def test_alpha_context_neither_sees_nor_takes_betas_ocsp_responses_and_lea
     assert (seen, leases, replaced, taken) == ([], [], "UPDATE 0", "UPDATE 0")
     kept = await tenants.beta.list_ocsp_responses(NOW - DAY, 10)
     assert [r.der for r in kept] == [b"beta"]
+    assert await tenants.alpha.get_ocsp_response("0a") is None
+    assert await tenants.beta.get_ocsp_response("0a") is not None
     assert not await tenants.beta.claim_job("ocsp-refresh", "alpha", NOW, NOW + DAY)
 
 
