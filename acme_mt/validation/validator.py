@@ -78,8 +78,9 @@ class Validator:
         logger.debug("%s for %s succeeded", challenge_type, identifier.value)
 
     async def close(self) -> None:
-        """Release the HTTP client session."""
+        """Release the HTTP client session and the resolver's channel."""
         await self._http01.close()
+        await self.resolver.close()
 
 
 def _check_identifier(identifier: Identifier) -> None:

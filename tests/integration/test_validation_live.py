@@ -596,3 +596,12 @@ async def test_resolve_caa_returns_raw_records_and_nothing_for_nxdomain(
     ]
     assert await resolver.resolve_caa("www.example.test") == []
     assert await resolver.resolve_caa("gone.example.test") == []
+
+
+async def test_resolve_caa_keeps_a_value_whole_past_a_nul_byte(
+    make_validator: MakeValidator, records: Path
+) -> None:
+    (records / "caa.json").write_text('{"nul.example.test.": [[0, "issue", "ca.test\\u0000evil"]]}')
+    resolver = make_validator().resolver
+
+    assert await resolver.resolve_caa("nul.example.test") == [(0, "issue", b"ca.test\x00evil")]
