@@ -4,8 +4,11 @@ The event loop never waits on SQLite: every call is handed to the connection's
 single worker thread and awaited, which also serialises the calls, so a
 connection is never used by two threads at once. Files run in WAL mode so that
 another process (the command line writing an EAB key or a tenant while the
-server runs) can write beside us; ``busy_timeout`` waits out its locks. The
-connection is in autocommit mode: every read ends its snapshot when it returns,
+server runs, or the other worker processes of the server) can write beside
+us. The write lock is waited for here, in steps of tens of microseconds,
+rather than by SQLite's busy handler, whose sleeps of whole milliseconds are
+ten times longer than another worker holds the lock. The connection is in
+autocommit mode: every read ends its snapshot when it returns,
 so reads see rows other processes committed, and every write is one explicit
 ``BEGIN IMMEDIATE`` transaction that takes the write lock before it reads.
 """
@@ -16,7 +19,8 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +33,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+#: Pauses between tries for a lock another process holds, the last repeated until
+#: ``BUSY_TIMEOUT_MS`` has passed.
+LOCK_PAUSES = (0.0001, 0.0003, 0.001)
 
 _UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -79,7 +86,7 @@ class SqliteDatabase:
                 return _guarded(functools.partial(_read, body), reader, self.path)
             except _ReaderBusy:
                 pass
-        return await self._submit(functools.partial(_read, body))
+        return await self._submit(functools.partial(_waiting, functools.partial(_read, body)))
 
     async def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         """The rows of one SELECT, without an explicit transaction.
@@ -94,7 +101,8 @@ class SqliteDatabase:
                 return _guarded(functools.partial(_select, sql, params), reader, self.path)
             except _ReaderBusy:
                 pass
-        return await self._submit(functools.partial(_select, sql, params))
+        job = functools.partial(_waiting, functools.partial(_select, sql, params))
+        return await self._submit(job)
 
     async def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` on the worker in one ``BEGIN IMMEDIATE`` transaction.
@@ -142,6 +150,7 @@ def _connect(path: Path, kind: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         apply_sqlite_migrations(conn, kind)
+        conn.execute("PRAGMA busy_timeout = 0")  # from now on, locks are waited for by _locked
     except BaseException:
         conn.close()
         raise
@@ -198,8 +207,13 @@ def _read(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> 
         _end(conn, "COMMIT")
 
 
+def _waiting(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """``job`` on the worker's connection, tried again while another process holds a lock."""
+    return _locked(lambda: job(conn))
+
+
 def _write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+    _locked(lambda: conn.execute("BEGIN IMMEDIATE"))
     try:
         result = body(conn)
         conn.execute("COMMIT")
@@ -216,3 +230,27 @@ def _end(conn: sqlite3.Connection, statement: str) -> None:
     # SQLite rolls back by itself after some errors (a full disk, say).
     if conn.in_transaction:
         conn.execute(statement)
+
+
+def _locked(attempt: Callable[[], T]) -> T:
+    """Run ``attempt`` until it is not refused for a lock, for ``BUSY_TIMEOUT_MS`` at most.
+
+    Only for the worker's connection, whose ``busy_timeout`` is 0: the pauses
+    here are short, so a write waits about as long as the other process
+    holds the lock.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    for pause in _pauses():
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _pauses() -> Iterator[float]:
+    yield from LOCK_PAUSES
+    while True:
+        yield LOCK_PAUSES[-1]

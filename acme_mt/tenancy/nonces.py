@@ -55,7 +55,7 @@ class InMemoryNonces:
 class SpentNonces(Protocol):
     """The nonces some process already took, shared by every process that redeems."""
 
-    def spend(self, nonce_id: bytes, expires: int) -> bool:
+    async def spend(self, nonce_id: bytes, expires: int) -> bool:
         """Record ``nonce_id`` as taken until ``expires`` (epoch seconds); False if it was."""
         ...
 
@@ -104,7 +104,7 @@ class SignedNonces:
         now = self._clock()
         if not made - _CLOCK_SLACK <= now <= made + self._max_age:
             return False
-        return self._spent.spend(body, made + self._max_age)
+        return await self._spent.spend(body, made + self._max_age)
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, self._tenant + b"\0" + body, hashlib.sha256).digest()[:_MAC]

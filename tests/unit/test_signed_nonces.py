@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -116,13 +118,13 @@ async def test_an_unwritable_spent_set_makes_the_tenant_unavailable(tmp_path: Pa
         await service.redeem(await service.issue())
 
 
-def test_the_backend_keeps_one_spent_file_per_tenant(tmp_path: Path) -> None:
+async def test_the_backend_keeps_one_spent_file_per_tenant(tmp_path: Path) -> None:
     backend = SqliteBackend(tmp_path)
 
     assert backend.spent_nonces("tenant1") is backend.spent_nonces("tenant1")
     assert backend.spent_nonces("tenant1") is not backend.spent_nonces("tenant2")
-    backend.spent_nonces("tenant1").spend(b"x" * 15, 2_000_000_000)
-    backend.spent_nonces("tenant2").spend(b"x" * 15, 2_000_000_000)
+    assert await backend.spent_nonces("tenant1").spend(b"x" * 15, 2_000_000_000)
+    assert await backend.spent_nonces("tenant2").spend(b"x" * 15, 2_000_000_000)
 
     assert sorted(p.name for p in (tmp_path / "nonces").iterdir() if p.suffix == ".sqlite") == [
         "tenant1.sqlite",
@@ -131,3 +133,20 @@ def test_the_backend_keeps_one_spent_file_per_tenant(tmp_path: Path) -> None:
     for bad in ("../escape", "a/b", "", "x" * 65):
         with pytest.raises(Exception, match="invalid tenant id"):
             backend.spent_nonces(bad)
+
+
+async def test_a_redemption_waits_out_another_processs_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "spent.sqlite"
+    service = worker(path)
+    nonce = await service.issue()
+    await service.redeem(await service.issue())  # makes the file
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker in the middle of its write
+
+    redeeming = asyncio.ensure_future(service.redeem(nonce))
+    await asyncio.sleep(0.05)
+    waited = not redeeming.done()
+    other.execute("COMMIT")
+
+    assert waited and await redeeming
+    other.close()
