@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from acme_mt.authority import RegistrationAuthority
 from acme_mt.backends import open_keystore, open_store_backend, shared_nonce_factory
 from acme_mt.config import Settings, split_host_port
+from acme_mt.errors import AcmeMtError
 from acme_mt.events import Events
 from acme_mt.keystores.base import KeyStore
 from acme_mt.public import ROOT_CERTIFICATE_KEY, public_routes
@@ -40,7 +42,7 @@ from acme_mt.validation import Validator
 from acme_mt.web.keys import AUTHORITY, LOG_EVERY_REQUEST, SETTINGS, TENANTS
 from acme_mt.web.middleware import relying_party_routes, request_context
 from acme_mt.web.routes import acme_routes
-from acme_mt.workers import Supervisor, WorkerLink
+from acme_mt.workers import Supervisor, WorkerLink, listen
 from crl import setup_crl
 from est import register_est
 from ocsp import setup_ocsp
@@ -203,13 +205,21 @@ async def run_server(
     plain = web.AppRunner(http_app(services), access_log=None)
     await secure.setup()
     await plain.setup()
-    https_host, https_port = split_host_port(settings.server.https_listen, 8443)
-    http_host, http_port = split_host_port(settings.server.http_listen, 8080)
-    shared = link is not None
-    sites = [
-        web.TCPSite(secure, https_host, https_port, ssl_context=tls_context, reuse_port=shared),
-        web.TCPSite(plain, http_host, http_port, reuse_port=shared),
-    ]
+    sites: list[web.BaseSite]
+    if link is None:
+        https_host, https_port = split_host_port(settings.server.https_listen, 8443)
+        http_host, http_port = split_host_port(settings.server.http_listen, 8080)
+        sites = [
+            web.TCPSite(secure, https_host, https_port, ssl_context=tls_context),
+            web.TCPSite(plain, http_host, http_port),
+        ]
+    else:
+        https_sock = socket.socket(fileno=link.listeners["https"])
+        http_sock = socket.socket(fileno=link.listeners["http"])
+        sites = [
+            web.SockSite(secure, https_sock, ssl_context=tls_context),
+            web.SockSite(plain, http_sock),
+        ]
     for site in sites:
         await site.start()
     stop = stop or _stop_on_signals()
@@ -233,14 +243,26 @@ async def run_server(
 async def run_supervisor(
     settings: Settings, command: list[str], count: int, stop: asyncio.Event | None = None
 ) -> None:
-    """Make what the workers share once, then run ``count`` of them until stopped."""
-    services = await open_services(settings)
+    """Bind the listeners and make what the workers share once, then run ``count``
+    workers on them until stopped."""
+    https = listen(settings.server.https_listen, 8443)
     try:
-        await ensure_tls(settings, services.provider)
+        http = listen(settings.server.http_listen, 8080)
+    except AcmeMtError:
+        https.close()
+        raise
+    listeners = {"https": https, "http": http}
+    try:
+        services = await open_services(settings)
+        try:
+            await ensure_tls(settings, services.provider)
+        finally:
+            await services.close()
+        stop = stop or _stop_on_signals()
+        await Supervisor(command, count, listeners).run(stop, lambda: _announce(settings, count))
     finally:
-        await services.close()
-    stop = stop or _stop_on_signals()
-    await Supervisor(command, count).run(stop, lambda: _announce(settings, count))
+        for sock in listeners.values():
+            sock.close()
 
 
 async def run_worker(settings: Settings, fd: int) -> None:

@@ -2,9 +2,11 @@
 
 One Python process serves from one core. ``acme-mt serve`` therefore starts a
 supervisor that makes the provider root, the default tenant and the listener's
-certificate once, then starts ``[server] workers`` processes (one for each CPU
-by default). Each worker is a whole server that binds both listeners with
-``SO_REUSEPORT``, so the kernel spreads connections among them.
+certificate once, binds both listening sockets, then starts ``[server]
+workers`` processes (one for each CPU by default) that inherit them. Each
+worker is a whole server accepting on the same sockets, so whichever worker is
+free takes the next connection; a second server started on the same ports
+fails to bind, as a single process would.
 
 What the workers must agree on lives where all of them see it: rows in the
 store; replay nonces signed with a key the supervisor hands each worker and a
@@ -13,7 +15,8 @@ store. Certificate events travel through the supervisor, so a revocation made
 by one worker reaches every worker's OCSP responder and CRL publisher at once.
 
 The supervisor talks to each worker over a socket pair, one JSON object a
-line: to the worker first the nonce key, then the events of other workers;
+line: to the worker first the nonce key and the numbers of the inherited
+listening sockets, then the events of other workers;
 from the worker ``ready`` once it listens, then its events. A worker whose
 supervisor goes away stops; a worker that dies is started again.
 """
@@ -34,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from acme_mt.config import Settings
+from acme_mt.config import Settings, split_host_port
 from acme_mt.errors import AcmeMtError
 from acme_mt.events import Events
 
@@ -45,6 +48,7 @@ LINK_FD_VARIABLE = "ACME_MT_INTERNAL_WORKER_FD"
 AUTO_MAX_WORKERS = 8
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 20.0
+LISTEN_BACKLOG = 1024
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: A worker that lived this long before dying is restarted without delay.
 STEADY_SECONDS = 60.0
@@ -70,11 +74,17 @@ class WorkerLink:
     """A worker's line to its supervisor: the nonce key in, events both ways."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nonce_key: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        nonce_key: bytes,
+        listeners: dict[str, int],
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.nonce_key = nonce_key
+        #: The inherited listening sockets' descriptors, by name (``https``, ``http``).
+        self.listeners = listeners
 
     @classmethod
     async def connect(cls, fd: int) -> WorkerLink:
@@ -88,7 +98,12 @@ class WorkerLink:
             key = b""
         if len(key) < 32:
             raise AcmeMtError("the supervisor sent no nonce key")
-        return cls(reader, writer, key)
+        listeners = first.get("listeners")
+        if not isinstance(listeners, dict) or not all(
+            isinstance(v, int) for v in listeners.values()
+        ):
+            raise AcmeMtError("the supervisor sent no listening sockets")
+        return cls(reader, writer, key, listeners)
 
     def relay(self, kind: str, tenant_id: str, serial: str) -> None:
         """Pass an event made here on to the other workers."""
@@ -146,9 +161,10 @@ class _Worker:
 class Supervisor:
     """Starts the workers, passes their events around, restarts any that die."""
 
-    def __init__(self, command: list[str], count: int) -> None:
+    def __init__(self, command: list[str], count: int, listeners: dict[str, socket.socket]) -> None:
         self._command = command
         self._workers = [_Worker(number) for number in range(count)]
+        self._listeners = {name: sock.fileno() for name, sock in listeners.items()}
         self._nonce_key = secrets.token_bytes(32)
         self._stopping = False
         self._failed: asyncio.Event = asyncio.Event()
@@ -186,7 +202,7 @@ class Supervisor:
         env = {**os.environ, LINK_FD_VARIABLE: str(theirs.fileno())}
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *self._command, env=env, pass_fds=(theirs.fileno(),)
+                *self._command, env=env, pass_fds=(theirs.fileno(), *self._listeners.values())
             )
         finally:
             theirs.close()
@@ -195,7 +211,8 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         worker.writer = writer
         key = base64.urlsafe_b64encode(self._nonce_key).decode()
-        writer.write(json.dumps({"nonce_key": key}).encode() + b"\n")
+        first = {"nonce_key": key, "listeners": self._listeners}
+        writer.write(json.dumps(first).encode() + b"\n")
         for job in (self._listen(worker, reader), self._watch(worker, worker.process)):
             task = asyncio.create_task(job)
             worker.tasks.add(task)
@@ -262,6 +279,18 @@ class Supervisor:
                 task.cancel()
             if worker.writer is not None:
                 worker.writer.close()
+
+
+def listen(address: str, default_port: int) -> socket.socket:
+    """A listening socket on ``HOST:PORT`` for the workers to share.
+
+    :raises AcmeMtError: the address is taken or cannot be bound.
+    """
+    host, port = split_host_port(address, default_port)
+    try:
+        return socket.create_server((host, port), backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        raise AcmeMtError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 def worker_command(config: str | None, data_dir: str | None) -> list[str]:

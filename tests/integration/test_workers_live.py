@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -208,3 +210,20 @@ def test_sigterm_stops_the_supervisor_and_every_worker(
         assert time.monotonic() < deadline, "a worker outlived its supervisor"
         time.sleep(0.1)
     servers.close()
+
+
+def test_a_second_server_on_the_same_ports_refuses_to_start(
+    workers_server: LiveServer, tmp_path: Path
+) -> None:
+    env = {**workers_server.env, "ACME_MT_SERVER_WORKERS": "2"}
+    second = subprocess.run(
+        [sys.executable, "-m", "acme_mt", "serve", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{workers_server.https_port}" in second.stderr
+    assert len(workers_server.processes()) == 1 + WORKERS

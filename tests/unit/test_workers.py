@@ -13,7 +13,13 @@ import pytest
 from acme_mt.config import ServerSettings, Settings
 from acme_mt.errors import AcmeMtError
 from acme_mt.events import Events
-from acme_mt.workers import LINK_FD_VARIABLE, WorkerLink, link_fd_from_environment, worker_count
+from acme_mt.workers import (
+    LINK_FD_VARIABLE,
+    WorkerLink,
+    link_fd_from_environment,
+    listen,
+    worker_count,
+)
 
 
 def settings_with(workers: int) -> Settings:
@@ -46,11 +52,10 @@ async def test_a_worker_reads_the_key_passes_events_both_ways_and_stops_with_its
 ):
     supervisor_end, worker_end = socket.socketpair()
     key = os.urandom(32)
-    supervisor_end.sendall(
-        json.dumps({"nonce_key": base64.urlsafe_b64encode(key).decode()}).encode() + b"\n"
-    )
+    first = {"nonce_key": base64.urlsafe_b64encode(key).decode(), "listeners": {"https": 7}}
+    supervisor_end.sendall(json.dumps(first).encode() + b"\n")
     link = await WorkerLink.connect(worker_end.detach())
-    assert link.nonce_key == key
+    assert (link.nonce_key, link.listeners) == (key, {"https": 7})
 
     link.ready()
     link.relay("revoked", "t1", "0a")
@@ -81,10 +86,29 @@ async def test_a_worker_reads_the_key_passes_events_both_ways_and_stops_with_its
     link.close()
 
 
-async def test_a_worker_without_a_nonce_key_refuses_to_start() -> None:
+@pytest.mark.parametrize(
+    "first",
+    [
+        b'{"nonce_key": "c2hvcnQ", "listeners": {}}',
+        b'{"nonce_key": "' + base64.urlsafe_b64encode(bytes(32)) + b'"}',
+        b'{"nonce_key": "' + base64.urlsafe_b64encode(bytes(32)) + b'", "listeners": {"a": "3"}}',
+        b"not json",
+    ],
+)
+async def test_a_worker_without_a_nonce_key_or_listeners_refuses_to_start(first: bytes) -> None:
     supervisor_end, worker_end = socket.socketpair()
-    supervisor_end.sendall(b'{"nonce_key": "c2hvcnQ"}\n')
+    supervisor_end.sendall(first + b"\n")
 
     with pytest.raises(AcmeMtError):
         await WorkerLink.connect(worker_end.detach())
     supervisor_end.close()
+
+
+def test_a_taken_address_is_refused_with_its_reason() -> None:
+    first = listen("127.0.0.1:0", 8443)
+    try:
+        taken = f"127.0.0.1:{first.getsockname()[1]}"
+        with pytest.raises(AcmeMtError, match=f"cannot listen on {taken}"):
+            listen(taken, 8443)
+    finally:
+        first.close()
