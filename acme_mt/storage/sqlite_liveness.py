@@ -21,6 +21,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+# Limitation: the lock file of a process killed while no serial named it is
+# never removed (an empty file per crash under instances/). Removing unheld
+# files at start is unsafe while another process may sit between creating its
+# file and locking it; a lock on the directory taken around both would allow it.
 class FileLiveness:
     """This process's lock file, and the test of others' lock files."""
 
