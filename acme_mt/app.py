@@ -13,9 +13,10 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -220,16 +221,19 @@ async def run_server(
             web.SockSite(secure, https_sock, ssl_context=tls_context),
             web.SockSite(plain, http_sock),
         ]
-    for site in sites:
-        await site.start()
     stop = stop or _stop_on_signals()
     listening: asyncio.Task[None] | None = None
-    if link is None:
-        _announce(settings)
-    else:
-        link.ready()
-        listening = asyncio.create_task(link.listen(services.events, stop))
     try:
+        if link is not None:
+            link.ready()
+            if not await _until_stopped(link.wait_to_serve(services.events), stop):
+                return
+        for site in sites:
+            await site.start()
+        if link is None:
+            _announce(settings)
+        else:
+            listening = asyncio.create_task(link.listen(services.events, stop))
         await stop.wait()
     finally:
         if listening is not None:
@@ -269,6 +273,19 @@ async def run_worker(settings: Settings, fd: int) -> None:
     """One worker under a supervisor, on the socket it was given."""
     link = await WorkerLink.connect(fd)
     await run_server(settings, link=link)
+
+
+async def _until_stopped(waiting: Coroutine[Any, Any, bool], stop: asyncio.Event) -> bool:
+    """The result of ``waiting``, or False as soon as ``stop`` is set."""
+    task = asyncio.create_task(waiting)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    return task.done() and not task.cancelled() and task.result()
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -16,9 +16,13 @@ by one worker reaches every worker's OCSP responder and CRL publisher at once.
 
 The supervisor talks to each worker over a socket pair, one JSON object a
 line: to the worker first the nonce key and the numbers of the inherited
-listening sockets, then the events of other workers;
-from the worker ``ready`` once it listens, then its events. A worker whose
-supervisor goes away stops; a worker that dies is started again.
+listening sockets, ``serve`` once every worker is ready, then the events of
+other workers; from the worker ``ready`` once it could serve, then its
+events. No worker accepts a connection before all are ready, so a server
+that answers has all its workers. A worker that fails to start at first
+stops the server, as one process would; a worker that dies later is
+started again, with a growing pause while it keeps failing (its store
+unreachable, say). A worker whose supervisor goes away stops.
 """
 
 from __future__ import annotations
@@ -112,18 +116,36 @@ class WorkerLink:
     def ready(self) -> None:
         self._send({"ready": True})
 
+    async def wait_to_serve(self, events: Events) -> bool:
+        """Wait for the supervisor's word that every worker is ready; False if it went away.
+
+        Events that arrive meanwhile are delivered.
+        """
+        try:
+            while line := await self._reader.readline():
+                message = _parse(line) or {}
+                if message.get("serve") is True:
+                    return True
+                self._deliver(events, message)
+        except (ConnectionError, OSError):
+            pass
+        return False
+
     async def listen(self, events: Events, stop: asyncio.Event) -> None:
         """Deliver the other workers' events until the supervisor goes away, then stop."""
         try:
             while line := await self._reader.readline():
-                message = _parse(line)
-                kind = message.get("event") if message else None
-                if message and isinstance(kind, str):
-                    events.deliver(kind, str(message.get("tenant")), str(message.get("serial")))
+                self._deliver(events, _parse(line) or {})
         except (ConnectionError, OSError):
             pass
         logger.warning("the supervisor went away; stopping")
         stop.set()
+
+    @staticmethod
+    def _deliver(events: Events, message: dict[str, object]) -> None:
+        kind = message.get("event")
+        if isinstance(kind, str):
+            events.deliver(kind, str(message.get("tenant")), str(message.get("serial")))
 
     def close(self) -> None:
         self._writer.close()
@@ -167,6 +189,8 @@ class Supervisor:
         self._listeners = {name: sock.fileno() for name, sock in listeners.items()}
         self._nonce_key = secrets.token_bytes(32)
         self._stopping = False
+        #: Set once every worker was ready and told to serve; later failures restart.
+        self._serving = False
         self._failed: asyncio.Event = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None]) -> None:
@@ -175,6 +199,9 @@ class Supervisor:
             for worker in self._workers:
                 await self._start(worker)
             await self._wait_ready()
+            self._serving = True
+            for worker in self._workers:
+                self._tell_to_serve(worker)
             on_ready()
             await stop.wait()
         finally:
@@ -227,8 +254,15 @@ class Supervisor:
                     continue
                 if message.get("ready") is True:
                     worker.ready.set()
+                    if self._serving:  # a worker started again joins at once
+                        self._tell_to_serve(worker)
                 elif "event" in message:
                     self._broadcast(worker, line)
+
+    @staticmethod
+    def _tell_to_serve(worker: _Worker) -> None:
+        if worker.writer is not None and not worker.writer.is_closing():
+            worker.writer.write(b'{"serve": true}\n')
 
     def _broadcast(self, source: _Worker, line: bytes) -> None:
         for worker in self._workers:
@@ -243,12 +277,13 @@ class Supervisor:
             worker.writer = None
         if self._stopping:
             return
-        if not worker.ready.is_set():
+        if not self._serving:
             logger.error("worker %d exited with %s before it served", worker.number, code)
             self._failed.set()
             return
         lived = time.monotonic() - worker.started
-        worker.failures = 0 if lived > STEADY_SECONDS else worker.failures + 1
+        steady = worker.ready.is_set() and lived > STEADY_SECONDS
+        worker.failures = 0 if steady else worker.failures + 1
         delay = 0.0
         if worker.failures:
             delay = RESTART_BACKOFF[min(worker.failures, len(RESTART_BACKOFF)) - 1]

@@ -112,3 +112,25 @@ def test_a_taken_address_is_refused_with_its_reason() -> None:
             listen(taken, 8443)
     finally:
         first.close()
+
+
+async def test_a_worker_waits_for_the_word_to_serve_and_hears_events_meanwhile() -> None:
+    supervisor_end, worker_end = socket.socketpair()
+    first = {"nonce_key": base64.urlsafe_b64encode(bytes(32)).decode(), "listeners": {}}
+    supervisor_end.sendall(
+        json.dumps(first).encode()
+        + b"\n"
+        + json.dumps({"event": "revoked", "tenant": "t1", "serial": "0a"}).encode()
+        + b'\n{"serve": true}\n'
+    )
+    link = await WorkerLink.connect(worker_end.detach())
+    events = Events()
+    heard: list[tuple[str, str]] = []
+    events.on_revoked(lambda t, s: heard.append((t, s)))
+
+    assert await asyncio.wait_for(link.wait_to_serve(events), 5)
+    assert heard == [("t1", "0a")]
+
+    supervisor_end.close()
+    assert not await asyncio.wait_for(link.wait_to_serve(events), 5)
+    link.close()
