@@ -51,17 +51,18 @@ async def wait_for(condition, seconds: float = 20.0) -> None:  # type: ignore[no
 
 async def test_every_worker_is_told_to_serve_only_once_all_are_ready(tmp_path: Path) -> None:
     stop = asyncio.Event()
+    log = tmp_path / "starts"
     announced: list[str] = []
+    running = asyncio.create_task(
+        supervisor(tmp_path, 3).run(stop, lambda: announced.append(log.read_text()))
+    )
 
-    def on_ready() -> None:
-        announced.append((tmp_path / "starts").read_text())
-        stop.set()
-
-    await supervisor(tmp_path, 3).run(stop, on_ready)
+    await wait_for(lambda: log.exists() and log.read_text().count("serving") == 3)
+    stop.set()
+    await running
 
     assert announced and announced[0].count("start") == 3
-    await wait_for(lambda: (tmp_path / "starts").read_text().count("serving") == 3)
-    lines = (tmp_path / "starts").read_text().splitlines()
+    lines = log.read_text().splitlines()
     assert lines[: lines.index("serving")] == ["start"] * 3
 
 
