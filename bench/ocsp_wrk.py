@@ -137,12 +137,18 @@ async def prepare(data_dir: Path, count: int) -> list[str]:
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """``acme-mt serve`` on the embedded defaults, its plain listener on ``port``."""
+    """``acme-mt serve`` on the embedded defaults, its plain listener on ``port``.
+
+    One worker process, as the ceiling is one process: the ratio compares
+    code, not process counts (``ACME_MT_SERVER_WORKERS`` in the environment
+    overrides it).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_MT_")}
     env.update(
         ACME_MT_SERVER_HTTP_LISTEN=f"127.0.0.1:{port}",
         ACME_MT_SERVER_HTTP_URL=f"http://127.0.0.1:{port}",
         ACME_MT_SERVER_HTTPS_LISTEN=f"127.0.0.1:{free_port()}",
+        ACME_MT_SERVER_WORKERS=os.environ.get("ACME_MT_SERVER_WORKERS", "1"),
     )
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - the process owns it
     command = [sys.executable, "-m", "acme_mt", "serve", "--data-dir", str(data_dir)]
