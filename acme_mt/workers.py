@@ -186,6 +186,7 @@ class Supervisor:
     def __init__(self, command: list[str], count: int, listeners: dict[str, socket.socket]) -> None:
         self._command = command
         self._workers = [_Worker(number) for number in range(count)]
+        self._sockets = dict(listeners)  # held, so their descriptors stay open
         self._listeners = {name: sock.fileno() for name, sock in listeners.items()}
         self._nonce_key = secrets.token_bytes(32)
         self._stopping = False

@@ -51,6 +51,10 @@ class ClientCertificateTrust:
     _loaded: set[bytes] = field(default_factory=set)
     _tenant_ids: set[str] = field(default_factory=set)
 
+    def knows(self, tenant_id: str) -> bool:
+        """Whether the tenant's CA is trusted already."""
+        return tenant_id in self._tenant_ids
+
     def add_tenant(self, tenant: TenantContext) -> None:
         """Trust a served tenant's CA; after the first call per tenant this is a set look-up."""
         if tenant.id not in self._tenant_ids:
@@ -73,6 +77,8 @@ class ClientCertificateTrust:
                 self.add(x509.load_pem_x509_certificate(record.ca_certificate_pem.encode()))
             except ValueError:
                 logger.error("tenant %s has an unreadable CA certificate", record.slug)
+                continue
+            self._tenant_ids.add(record.id)
 
 
 def peer_certificate(request: web.Request) -> bytes | None:

@@ -70,9 +70,14 @@ def register_est(
     app[EST_TRUST] = trust
 
     def on_issued(tenant_id: str, _serial: str) -> None:
+        if trust.knows(tenant_id):
+            return
         for context in tenants.loaded():
             if context.id == tenant_id:
                 trust.add_tenant(context)
+                return
+        # Another worker issued for a tenant this one has not loaded: read its CA.
+        asyncio.get_running_loop().create_task(_load(trust, registry))
 
     events.on_issued(on_issued)
 
@@ -85,6 +90,13 @@ def register_est(
             await task
 
     app.cleanup_ctx.append(keep_trust)
+
+
+async def _load(trust: ClientCertificateTrust, registry: RegistryStore) -> None:
+    try:
+        await trust.add_registry(registry)
+    except Exception:
+        logger.exception("loading tenant CA certificates failed")
 
 
 async def _refresh(trust: ClientCertificateTrust, registry: RegistryStore) -> None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from conformance.dns_server import LoopbackDnsServer
+from tests.integration.test_est_live import client_context, est_post, make_csr
 from tests.support.acme import AcmeTestClient
 from tests.support.flow import issue, random_name
 from tests.support.live import Http01Responder, LiveServer, process_tree, running_server
@@ -227,3 +228,27 @@ def test_a_second_server_on_the_same_ports_refuses_to_start(
     assert second.returncode == 2
     assert f"cannot listen on 127.0.0.1:{workers_server.https_port}" in second.stderr
     assert len(workers_server.processes()) == 1 + WORKERS
+
+
+async def test_a_tenant_enrolled_at_one_worker_reenrolls_at_every_worker(
+    workers_server: LiveServer, fresh: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A tenant made now, so no worker trusted its CA at start; one worker
+    # issues, and the others learn to trust its CA from the issuance event.
+    workers_server.create_tenant("workers-est", "require_eab = false\n")
+    made = workers_server.cli_json("est", "credential", "create", "workers-est")
+    auth = aiohttp.encode_basic_auth(made["username"], made["password"])
+    body, key = make_csr(["device.workers.test"], common_name="device.workers.test")
+    enroll_url = f"{workers_server.https_url}/.well-known/est/workers-est/simpleenroll"
+    [current] = (await est_post(fresh, workers_server, enroll_url, body, auth=auth)).certificates()
+    tls = client_context(workers_server, tmp_path, current, key)
+    renew_url = f"{workers_server.https_url}/.well-known/est/workers-est/simplereenroll"
+    await asyncio.sleep(0.5)  # the issuance event reaches the other workers
+
+    renewed = [
+        (await est_post(fresh, workers_server, renew_url, body, client_tls=tls)).certificates()[0]
+        for _ in range(TRIES // 2)
+    ]
+
+    assert len({c.serial_number for c in renewed}) == TRIES // 2
+    assert all(c.subject == current.subject for c in renewed)
