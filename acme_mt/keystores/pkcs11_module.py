@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -64,6 +65,9 @@ CKR_NAMES = {
     0x190: "CKR_CRYPTOKI_NOT_INITIALIZED",
 }
 LABEL_SIZE = 32
+#: Tries, and the pause between them, to list the tokens while another process writes one.
+LIST_ATTEMPTS = 5
+LIST_PAUSE_SECONDS = 0.05
 
 _ulong = ctypes.c_ulong
 _RvFunction = ctypes.CFUNCTYPE(_ulong, ctypes.c_void_p)
@@ -272,27 +276,40 @@ class Pkcs11Module:
 
         :raises KeyStoreError: two tokens carry the label, or the module failed.
         """
-        found: list[pkcs11.Token] = []
-        try:
-            for slot in self.lib.get_slots(token_present=True):
-                token = slot.get_token()
-                if token.label == label and token.flags & TokenFlag.TOKEN_INITIALIZED:
-                    found.append(token)
-        except PKCS11Error as exc:
-            raise KeyStoreError(f"cannot list tokens: {type(exc).__name__}") from None
+        found = [
+            token
+            for _slot, token in self._tokens()
+            if token.label == label and token.flags & TokenFlag.TOKEN_INITIALIZED
+        ]
         if len(found) > 1:
             raise KeyStoreError(f"{len(found)} tokens are labelled {label!r}; refusing to guess")
         return found[0] if found else None
 
     def free_slot(self) -> int | None:
         """The id of a slot whose token is not initialised yet; call inside ``gate``."""
-        try:
-            for slot in self.lib.get_slots(token_present=True):
-                if not slot.get_token().flags & TokenFlag.TOKEN_INITIALIZED:
-                    return int(slot.slot_id)
-        except PKCS11Error as exc:
-            raise KeyStoreError(f"cannot list slots: {type(exc).__name__}") from None
+        for slot, token in self._tokens():
+            if not token.flags & TokenFlag.TOKEN_INITIALIZED:
+                return int(slot.slot_id)
         return None
+
+    def _tokens(self) -> list[tuple[pkcs11.Slot, pkcs11.Token]]:
+        """Every slot with a token present, and its token.
+
+        Another process writing a token's files (a worker of the same server
+        making a key, say) can make a token's info fail for a moment with
+        GeneralError in SoftHSM, so a failed listing is tried again.
+
+        :raises KeyStoreError: the listing kept failing.
+        """
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            try:
+                return [(slot, slot.get_token()) for slot in self.lib.get_slots(token_present=True)]
+            except PKCS11Error as exc:
+                if attempt == LIST_ATTEMPTS:
+                    raise KeyStoreError(f"cannot list tokens: {type(exc).__name__}") from None
+                logger.warning("listing tokens failed (%s); trying again", type(exc).__name__)
+                time.sleep(LIST_PAUSE_SECONDS)
+        raise AssertionError("unreachable")
 
     def init_token(self, slot_id: int, so_pin: str, label: str) -> None:
         """C_InitToken: initialise (or wipe) the token in ``slot_id`` under ``label``."""
