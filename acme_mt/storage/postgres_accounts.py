@@ -23,8 +23,10 @@ from acme_mt.storage.postgres_db import (
     Conn,
     NothingChanged,
     in_transaction,
+    one_row,
     require_changed,
     row_count,
+    translated_errors,
 )
 from acme_mt.storage.postgres_rows import (
     ACCOUNT_COLUMNS,
@@ -41,6 +43,7 @@ from acme_mt.storage.postgres_rows import (
     est_credential_from_row,
 )
 from acme_mt.storage.postgres_writes import (
+    FUNCTIONS_SCHEMA,
     Chain,
     call_function,
     insert_chain,
@@ -50,6 +53,8 @@ from acme_mt.storage.postgres_writes import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_ACCOUNT_BY = f"SELECT {ACCOUNT_COLUMNS} FROM {FUNCTIONS_SCHEMA}.account_by($1, $2, $3, $4)"
 
 
 class IssuerLiveness(Protocol):
@@ -114,13 +119,19 @@ class TenantStoreBase:
     # Accounts and EAB keys (RFC 8555 §7.3).
 
     async def get_account(self, account_id: str) -> Account | None:
-        query = f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
-        row = await self._run(lambda conn: conn.fetchrow(query, account_id))
-        return None if row is None else account_from_row(row)
+        return await self._account_by("id", account_id)
 
     async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
-        query = f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE thumbprint = $1"
-        row = await self._run(lambda conn: conn.fetchrow(query, thumbprint))
+        return await self._account_by("thumbprint", thumbprint)
+
+    async def _account_by(self, column: str, value: str) -> Account | None:
+        """The account read through ``account_by``: one round trip, as every JWS needs one."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        binding = self._binding
+        arguments = (binding.tenant_id, binding.schema, column, value)
+        with translated_errors(f"tenant {self.slug}"):
+            row = await one_row(binding, _ACCOUNT_BY, arguments)
         return None if row is None else account_from_row(row)
 
     async def create_account(self, account: Account, audit: Sequence[AuditEntry] = ()) -> Account:

@@ -183,9 +183,27 @@ async def one_statement(binding: Binding, statement: str, arguments: Sequence[An
         return await conn.fetchval(statement, *arguments)
 
 
-# Limitation: reads and the rarer writes still take three round trips or more
-# (BEGIN with the context, each statement, COMMIT); read functions like the
-# write functions of ``acme_mt.storage.postgres_writes`` would make them one.
+async def one_row(binding: Binding, statement: str, arguments: Sequence[Any]) -> Any:
+    """The first row of one statement in a transaction of its own, or None: one round trip.
+
+    For reads through a function that enters the tenant's context itself;
+    retried once on a connection that died while idle in the pool, since a
+    read changes nothing.
+    """
+    for attempt in (1, 2):
+        async with binding.pool.connection() as conn:
+            try:
+                return await conn.fetchrow(statement, *arguments)
+            except DEAD_CONNECTION:
+                if attempt == 2:
+                    raise
+                conn.terminate()
+    raise AssertionError("unreachable")
+
+
+# Limitation: reads other than the account's, and the rarer writes, still take
+# three round trips or more (BEGIN with the context, each statement, COMMIT);
+# read functions like ``account_by`` would make each of them one.
 async def in_transaction(
     binding: Binding, body: Callable[[Conn], Awaitable[T]], what: str = "store"
 ) -> T:

@@ -275,6 +275,29 @@ async def test_write_function_in_alpha_context_cannot_change_beta(tenants: TwoTe
     assert await tenants.beta.get_certificate("ff") is None
 
 
+async def test_account_read_function_in_alpha_context_sees_nothing_of_beta(
+    tenants: TwoTenants,
+) -> None:
+    read = "SELECT id, contact FROM acme_mt_functions.account_by($1, $2, $3, $4)"
+    conn = await tenants.app_connection()
+    try:
+        as_alpha = await conn.fetch(read, "alpha-id", "tenant_beta_id", "id", "acct-1")
+        by_thumbprint = await conn.fetch(
+            read, "alpha-id", "tenant_beta_id", "thumbprint", "tp-beta"
+        )
+        as_beta = await conn.fetch(read, "beta-id", "tenant_beta_id", "id", "acct-1")
+        with pytest.raises(asyncpg.RaiseError, match="read by id or thumbprint"):
+            await conn.fetch(read, "beta-id", "tenant_beta_id", "contact", "x")
+    finally:
+        await conn.close()
+
+    assert (as_alpha, by_thumbprint) == ([], [])
+    assert [row["contact"] for row in as_beta] == ['["mailto:beta@example.com"]']
+    account = await tenants.alpha.get_account("acct-1")
+    assert account is not None and account.contact == ("mailto:alpha@example.com",)
+    assert await tenants.alpha.get_account_by_thumbprint("tp-beta") is None
+
+
 async def test_write_functions_run_as_the_caller_and_only_the_app_role_runs_them(
     tenants: TwoTenants,
 ) -> None:
