@@ -26,7 +26,7 @@ from acme_mt.models import (
     Identifier,
     Order,
 )
-from acme_mt.storage.base import AuditRecord, EstCredential, TenantRecord
+from acme_mt.storage.base import AuditRecord, EstCredential, OcspResponseRecord, TenantRecord
 
 Conn: TypeAlias = asyncpg.Connection
 Row: TypeAlias = asyncpg.Record
@@ -240,4 +240,16 @@ def tenant_values(tenant: TenantRecord) -> tuple[Any, ...]:
         aware(tenant.created),
         tenant.model,
         tenant.tier,
+    )
+
+
+def ocsp_response_from_row(row: Row) -> OcspResponseRecord:
+    return OcspResponseRecord(
+        serial=row["serial"],
+        der=bytes(row["der"]),
+        this_update=row["this_update"],
+        next_update=row["next_update"],
+        not_after=row["not_after"],
+        revoked=row["revoked"],
+        stored_at=row["stored_at"],
     )

@@ -38,6 +38,7 @@ from acme_mt.storage.postgres_rows import (
     aware,
     certificate_from_row,
     challenge_from_row,
+    ocsp_response_from_row,
     order_from_rows,
     to_json_or_none,
 )
@@ -265,7 +266,7 @@ class PostgresTenantStore(TenantStoreBase):
         )
         since = aware(stored_since)
         rows = await self._run(lambda conn: conn.fetch(query, since, utcnow(), limit))
-        return [_ocsp_response_from_row(row) for row in rows]
+        return [ocsp_response_from_row(row) for row in rows]
 
     async def get_ocsp_response(self, serial: str) -> OcspResponseRecord | None:
         query = (
@@ -273,7 +274,7 @@ class PostgresTenantStore(TenantStoreBase):
             " FROM ocsp_responses WHERE serial = $1 AND not_after > $2"
         )
         row = await self._run(lambda conn: conn.fetchrow(query, serial.lower(), utcnow()))
-        return None if row is None else _ocsp_response_from_row(row)
+        return None if row is None else ocsp_response_from_row(row)
 
     async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         query = (
@@ -410,15 +411,3 @@ _UPSERT_OCSP_RESPONSE = (
     " WHERE excluded.this_update >= ocsp_responses.this_update"
     " AND (excluded.revoked OR NOT ocsp_responses.revoked)"
 )
-
-
-def _ocsp_response_from_row(row: Any) -> OcspResponseRecord:
-    return OcspResponseRecord(
-        serial=row["serial"],
-        der=bytes(row["der"]),
-        this_update=row["this_update"],
-        next_update=row["next_update"],
-        not_after=row["not_after"],
-        revoked=row["revoked"],
-        stored_at=row["stored_at"],
-    )

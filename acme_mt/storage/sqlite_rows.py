@@ -30,7 +30,7 @@ from acme_mt.models import (
     Order,
     utcnow,
 )
-from acme_mt.storage.base import AuditRecord, TenantRecord
+from acme_mt.storage.base import AuditRecord, OcspResponseRecord, TenantRecord
 
 Row = sqlite3.Row
 
@@ -351,3 +351,15 @@ def insert_pending_certificate(
     row.update(status=CertificateStatus.PENDING, der=None, revoked_at=None, revocation_reason=None)
     row["issuer_instance"] = instance
     insert(conn, "certificates", row)
+
+
+def ocsp_response_from_row(row: sqlite3.Row) -> OcspResponseRecord:
+    return OcspResponseRecord(
+        serial=row["serial"],
+        der=bytes(row["der"]),
+        this_update=from_epoch(row["this_update"]),
+        next_update=from_epoch(row["next_update"]),
+        not_after=from_epoch(row["not_after"]),
+        revoked=bool(row["revoked"]),
+        stored_at=datetime.fromtimestamp(row["stored_at"] / 1e6, UTC),
+    )

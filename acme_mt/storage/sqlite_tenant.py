@@ -54,6 +54,7 @@ from acme_mt.storage.sqlite_rows import (
     insert,
     insert_authorization,
     insert_pending_certificate,
+    ocsp_response_from_row,
     order_from_rows,
     order_to_row,
     require_row,
@@ -457,14 +458,14 @@ class SqliteTenantStore:
             " ORDER BY stored_at LIMIT ?",
             (_microseconds(stored_since), to_epoch(utcnow()), limit),
         )
-        return [_ocsp_response_from_row(row) for row in rows]
+        return [ocsp_response_from_row(row) for row in rows]
 
     async def get_ocsp_response(self, serial: str) -> OcspResponseRecord | None:
         rows = await self._db.query(
             "SELECT * FROM ocsp_responses WHERE serial = ? AND not_after > ?",
             (serial.lower(), to_epoch(utcnow())),
         )
-        return _ocsp_response_from_row(rows[0]) if rows else None
+        return ocsp_response_from_row(rows[0]) if rows else None
 
     async def claim_job(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         def body(conn: Conn) -> bool:
@@ -661,15 +662,3 @@ _UPSERT_OCSP_RESPONSE = (
 def _microseconds(moment: datetime) -> int:
     """A time as integer microseconds since the epoch, for ordering what changed."""
     return round(moment.timestamp() * 1_000_000)
-
-
-def _ocsp_response_from_row(row: sqlite3.Row) -> OcspResponseRecord:
-    return OcspResponseRecord(
-        serial=row["serial"],
-        der=bytes(row["der"]),
-        this_update=from_epoch(row["this_update"]),
-        next_update=from_epoch(row["next_update"]),
-        not_after=from_epoch(row["not_after"]),
-        revoked=bool(row["revoked"]),
-        stored_at=datetime.fromtimestamp(row["stored_at"] / 1e6, UTC),
-    )
