@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 from acme_mt.authority import RegistrationAuthority
 from acme_mt.backends import open_keystore, open_store_backend, shared_nonce_factory
 from acme_mt.config import Settings, split_host_port
-from acme_mt.errors import AcmeMtError
 from acme_mt.events import Events
 from acme_mt.keystores.base import KeyStore
 from acme_mt.public import ROOT_CERTIFICATE_KEY, public_routes
@@ -249,14 +248,11 @@ async def run_supervisor(
 ) -> None:
     """Bind the listeners and make what the workers share once, then run ``count``
     workers on them until stopped."""
-    https = listen(settings.server.https_listen, 8443)
-    try:
-        http = listen(settings.server.http_listen, 8080)
-    except AcmeMtError:
-        https.close()
-        raise
-    listeners = {"https": https, "http": http}
-    try:
+    with contextlib.ExitStack() as sockets:
+        listeners = {
+            "https": sockets.enter_context(listen(settings.server.https_listen, 8443)),
+            "http": sockets.enter_context(listen(settings.server.http_listen, 8080)),
+        }
         services = await open_services(settings)
         try:
             await ensure_tls(settings, services.provider)
@@ -264,9 +260,6 @@ async def run_supervisor(
             await services.close()
         stop = stop or _stop_on_signals()
         await Supervisor(command, count, listeners).run(stop, lambda: _announce(settings, count))
-    finally:
-        for sock in listeners.values():
-            sock.close()
 
 
 async def run_worker(settings: Settings, fd: int) -> None:

@@ -186,8 +186,7 @@ class Supervisor:
     def __init__(self, command: list[str], count: int, listeners: dict[str, socket.socket]) -> None:
         self._command = command
         self._workers = [_Worker(number) for number in range(count)]
-        self._sockets = dict(listeners)  # held, so their descriptors stay open
-        self._listeners = {name: sock.fileno() for name, sock in listeners.items()}
+        self._listeners = dict(listeners)  # held, so their descriptors stay open
         self._nonce_key = secrets.token_bytes(32)
         self._stopping = False
         #: Set once every worker was ready and told to serve; later failures restart.
@@ -228,9 +227,10 @@ class Supervisor:
     async def _start(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, LINK_FD_VARIABLE: str(theirs.fileno())}
+        listeners = {name: sock.fileno() for name, sock in self._listeners.items()}
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *self._command, env=env, pass_fds=(theirs.fileno(), *self._listeners.values())
+                *self._command, env=env, pass_fds=(theirs.fileno(), *listeners.values())
             )
         finally:
             theirs.close()
@@ -239,7 +239,7 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         worker.writer = writer
         key = base64.urlsafe_b64encode(self._nonce_key).decode()
-        first = {"nonce_key": key, "listeners": self._listeners}
+        first = {"nonce_key": key, "listeners": listeners}
         writer.write(json.dumps(first).encode() + b"\n")
         for job in (self._listen(worker, reader), self._watch(worker, worker.process)):
             task = asyncio.create_task(job)

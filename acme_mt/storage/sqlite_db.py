@@ -38,7 +38,8 @@ BUSY_TIMEOUT_MS = 5000
 LOCK_PAUSES = (0.0001, 0.0003, 0.001)
 
 _UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+#: SQLite's answers when another connection holds the lock wanted.
+BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 class NothingChanged(Exception):
@@ -175,7 +176,7 @@ def _guarded(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, p
     try:
         return job(conn)
     except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode in _BUSY_CODES and _is_reader(conn):
+        if exc.sqlite_errorcode in BUSY_CODES and _is_reader(conn):
             raise _ReaderBusy() from exc
         logger.warning("SQLite failure on %s: %s", path, exc)
         raise TenantUnavailable() from exc
@@ -244,7 +245,7 @@ def _locked(attempt: Callable[[], T]) -> T:
         try:
             return attempt()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() > deadline:
+            if exc.sqlite_errorcode not in BUSY_CODES or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
     raise AssertionError("unreachable")

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import secrets
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 # Limitation: the lock file of a process killed while no serial named it is

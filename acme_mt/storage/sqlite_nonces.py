@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from acme_mt.errors import TenantUnavailable
+from acme_mt.storage.sqlite_db import BUSY_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ SWEEP_SECONDS = 60.0
 #: How long a redemption waits for another process's write lock.
 LOCK_TIMEOUT_SECONDS = 2.0
 LOCK_PAUSE_SECONDS = 0.0001
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 class SqliteSpentNonces:
@@ -49,7 +49,7 @@ class SqliteSpentNonces:
             try:
                 return self._insert(nonce_id, expires)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() > deadline:
+                if exc.sqlite_errorcode not in BUSY_CODES or time.monotonic() > deadline:
                     self._unavailable(exc)
             except (sqlite3.Error, OSError) as exc:
                 self._unavailable(exc)
