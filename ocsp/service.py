@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
@@ -32,6 +29,7 @@ from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.directory import TenantDirectory
 from acme_mt.tenancy.policy import TenantPolicy
 from ocsp.responder import TenantResponder
+from ocsp.signers import new_holder
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class OcspService:
         self._responders: dict[str, TenantResponder] = {}
         self._warming: dict[str, asyncio.Task[None]] = {}
         #: This process, as it names itself when it holds a lease.
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = new_holder()
 
     def responder(self, tenant: TenantContext) -> TenantResponder:
         """The tenant's responder, started (signer, pre-signing) on first use."""

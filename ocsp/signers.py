@@ -37,8 +37,15 @@ SIGNER_LEASE = timedelta(seconds=60)
 #: How long a process waits for the lease holder's signer before it gives up.
 ADOPT_WAIT_SECONDS = 30.0
 ADOPT_POLL_SECONDS = 0.1
+
+
+def new_holder() -> str:
+    """A name for a lease holder in the store: host, process and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 #: This process, as it names itself when it holds the signer lease.
-HOLDER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+HOLDER = new_holder()
 
 
 class SignerKeeper:

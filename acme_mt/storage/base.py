@@ -12,6 +12,7 @@ back end in one transaction, and add it to the contract suite in tests/contract.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,10 @@ from acme_mt.models import (
     Order,
     VerifiedDomain,
 )
+
+#: What onboarding makes a tenant id from; the stores refuse anything else, since
+#: ids name schemas and files.
+TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from acme_mt.errors import Conflict, StoreError, TenantUnavailable
+from acme_mt.storage.base import TENANT_ID
 from acme_mt.storage.postgres_pool import Conn as Conn
 from acme_mt.storage.postgres_pool import Connections
 from acme_mt.storage.postgres_roles import quote_ident, quote_literal
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Tenant ids become schema names; they come from onboarding, never from a request.
-_TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
 
 #: Failures of the server or the link to it, not of the statement: answer 503.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -68,7 +67,7 @@ def schema_for(tenant_id: str) -> str:
 
     :raises StoreError: the id could not have come from onboarding.
     """
-    if not _TENANT_ID.match(tenant_id):
+    if not TENANT_ID.fullmatch(tenant_id):
         raise StoreError("invalid tenant id")
     return "tenant_" + tenant_id.lower().replace("-", "_")
 

@@ -54,6 +54,8 @@ from acme_mt.storage.postgres_writes import (
 
 logger = logging.getLogger(__name__)
 
+_OCSP_RESPONSE_COLUMNS = "serial, der, this_update, next_update, not_after, revoked, stored_at"
+
 
 class PostgresTenantStore(TenantStoreBase):
     """The store of one tenant, bound to its schema: no call reaches another tenant."""
@@ -260,7 +262,7 @@ class PostgresTenantStore(TenantStoreBase):
         self, stored_since: datetime, limit: int
     ) -> list[OcspResponseRecord]:
         query = (
-            "SELECT serial, der, this_update, next_update, not_after, revoked, stored_at"
+            f"SELECT {_OCSP_RESPONSE_COLUMNS}"
             " FROM ocsp_responses WHERE stored_at >= $1 AND not_after > $2"
             " ORDER BY stored_at LIMIT $3"
         )
@@ -270,8 +272,8 @@ class PostgresTenantStore(TenantStoreBase):
 
     async def get_ocsp_response(self, serial: str) -> OcspResponseRecord | None:
         query = (
-            "SELECT serial, der, this_update, next_update, not_after, revoked, stored_at"
-            " FROM ocsp_responses WHERE serial = $1 AND not_after > $2"
+            f"SELECT {_OCSP_RESPONSE_COLUMNS} FROM ocsp_responses"
+            " WHERE serial = $1 AND not_after > $2"
         )
         row = await self._run(lambda conn: conn.fetchrow(query, serial.lower(), utcnow()))
         return None if row is None else ocsp_response_from_row(row)

@@ -25,7 +25,7 @@ import weakref
 from pathlib import Path
 
 from acme_mt.errors import Conflict, StoreError
-from acme_mt.storage.base import TenantRecord
+from acme_mt.storage.base import TENANT_ID, TenantRecord
 from acme_mt.storage.sqlite_db import SqliteDatabase
 from acme_mt.storage.sqlite_liveness import FileLiveness
 from acme_mt.storage.sqlite_nonces import SqliteSpentNonces
@@ -39,7 +39,6 @@ TENANT_FILE = "store.sqlite3"
 
 #: The slug rule of the URLs; it also keeps a slug from naming a path outside the data directory.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-_TENANT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 Conn = sqlite3.Connection
 
@@ -96,7 +95,7 @@ class SqliteBackend:
 
     def spent_nonces(self, tenant_id: str) -> SqliteSpentNonces:
         """The spent set of a tenant's signed nonces, which worker processes share."""
-        if not _TENANT_ID.fullmatch(tenant_id):
+        if not TENANT_ID.fullmatch(tenant_id):
             raise StoreError("invalid tenant id")
         spent = self._spent.get(tenant_id)
         if spent is None:

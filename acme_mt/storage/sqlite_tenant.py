@@ -486,6 +486,7 @@ class SqliteTenantStore:
         """Move a ready order to processing and record its serial as pending, or do nothing."""
 
         self._hold_liveness()
+        instance = self._liveness.instance
 
         def body(conn: Conn) -> bool:
             cursor = conn.execute(
@@ -495,7 +496,7 @@ class SqliteTenantStore:
             )
             if cursor.rowcount == 0:
                 raise NothingChanged(False)
-            insert_pending_certificate(conn, certificate, self._liveness.instance)
+            insert_pending_certificate(conn, certificate, instance)
             return True
 
         return await self._write(body, audit)
