@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from conformance.dns_server import LoopbackDnsServer
-from tests.integration.test_est_live import client_context, est_post, make_csr
 from tests.support.acme import AcmeTestClient
+from tests.support.est import client_context, est_post, make_csr
 from tests.support.flow import issue, random_name
 from tests.support.live import Http01Responder, LiveServer, process_tree, running_server
 
