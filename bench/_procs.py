@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.live import free_port as free_port
 from tests.support.live import process_tree as tree
 
 

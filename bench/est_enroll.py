@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from _procs import cpu_seconds
+from _procs import cpu_seconds, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -221,12 +220,6 @@ async def measure(
         "load_before": load_before,
         "stalled": stalled,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
