@@ -42,6 +42,7 @@ from acme_mt.validation import Validator
 from acme_mt.web.keys import AUTHORITY, LOG_EVERY_REQUEST, SETTINGS, TENANTS
 from acme_mt.web.middleware import relying_party_routes, request_context
 from acme_mt.web.routes import acme_routes
+from acme_mt.web.shared_site import SharedSocketSite
 from acme_mt.workers import Supervisor, WorkerLink, listen
 from crl import setup_crl
 from est import register_est
@@ -217,8 +218,8 @@ async def run_server(
         https_sock = socket.socket(fileno=link.listeners["https"])
         http_sock = socket.socket(fileno=link.listeners["http"])
         sites = [
-            web.SockSite(secure, https_sock, ssl_context=tls_context),
-            web.SockSite(plain, http_sock),
+            SharedSocketSite(secure, https_sock, ssl_context=tls_context),
+            SharedSocketSite(plain, http_sock, ssl_context=None),
         ]
     stop = stop or _stop_on_signals()
     listening: asyncio.Task[None] | None = None

@@ -8,9 +8,11 @@ redeemed by another, a revocation made by one is answered by all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +84,44 @@ def test_the_configured_number_of_workers_serve_under_one_supervisor(
     assert len(workers_server.processes()) == 1 + WORKERS
     log = (workers_server.log_path or Path()).read_text()
     assert f"acme-mt serving ({WORKERS} worker processes)" in log
+
+
+def established_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """How many established IPv4 connections to local ``port`` each process holds (/proc)."""
+    inodes: set[str] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(fields[9])
+    held: dict[int, int] = {}
+    for pid in pids:
+        count = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                count += target.startswith("socket:[") and target[8:-1] in inodes
+        held[pid] = count
+    return held
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(workers_server: LiveServer) -> None:
+    # Connections that reach the queue together, as a pool of clients starting at once
+    # opens them, before any worker wakes: the first to wake must not take them all.
+    address = ("127.0.0.1", workers_server.https_port)
+    with contextlib.ExitStack() as stack:
+        for _ in range(4 * WORKERS):
+            stack.enter_context(socket.create_connection(address, timeout=10))
+        workers = workers_server.processes()[1:]
+        deadline = time.monotonic() + 10
+        while True:
+            held = established_by_process(workers, workers_server.https_port)
+            if sum(held.values()) == 4 * WORKERS or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+
+    assert sum(held.values()) == 4 * WORKERS, held
+    assert all(count > 0 for count in held.values()), held
 
 
 async def test_a_nonce_from_any_worker_redeems_once_at_any_worker(
