@@ -69,7 +69,7 @@ def register_est(
     trust = ClientCertificateTrust(tls_context)
     app[EST_TRUST] = trust
 
-    def on_issued(tenant_id: str, _serial: str) -> None:
+    def learn_issuer(tenant_id: str, _serial: str) -> None:
         if trust.knows(tenant_id):
             return
         for context in tenants.loaded():
@@ -79,7 +79,7 @@ def register_est(
         # Another worker issued for a tenant this one has not loaded: read its CA.
         asyncio.get_running_loop().create_task(_load(trust, registry))
 
-    events.on_issued(on_issued)
+    events.on_issuing(learn_issuer)
 
     async def keep_trust(_app: web.Application) -> AsyncIterator[None]:
         await trust.add_registry(registry)

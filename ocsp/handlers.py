@@ -198,7 +198,7 @@ def setup_ocsp(app: web.Application, services: Services) -> list[web.RouteDef]:
     )
     # The worker that issued pre-signs and keeps the response in the store, where
     # the others find it: one signature per certificate is enough.
-    services.events.on_issued(service.issued, local_only=True)
+    services.events.on_issued(service.issued)
     services.events.on_revoked(service.revoked)
     app[OCSP_SERVICE] = service
 
