@@ -198,42 +198,48 @@ class OrderService:
 
     async def refresh(self, tenant: TenantContext, order: Order) -> Order:
         """Bring a pending or ready order's status up to date with its authorizations."""
-        if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
-            return order
-        now = utcnow()
-        status = OrderStatus.READY
-        error: dict[str, Any] | None = None
-        if order.expires <= now:
-            status = OrderStatus.INVALID
-            error = AcmeProblem("malformed", "The order expired before it was finalized").to_json()
-        else:
-            for authorization_id in order.authorization_ids:
-                authorization = await tenant.store.get_authorization(authorization_id)
-                if authorization is None or authorization.status in (
-                    AuthorizationStatus.INVALID,
-                    AuthorizationStatus.DEACTIVATED,
-                    AuthorizationStatus.REVOKED,
-                ):
-                    status, error = OrderStatus.INVALID, _authorization_error(authorization)
-                    break
-                if is_expired(authorization, now):
-                    status = OrderStatus.INVALID
-                    error = AcmeProblem("unauthorized", "An authorization expired").to_json()
-                    break
-                if authorization.status != AuthorizationStatus.VALID:
-                    status = OrderStatus.PENDING
+        status, error = await self._status_now(tenant, order)
         if status == order.status:
             return order
         updated = replace(order, status=status, error=error)
         await tenant.store.update_order(updated)
         return updated
 
+    async def _status_now(
+        self, tenant: TenantContext, order: Order
+    ) -> tuple[str, dict[str, Any] | None]:
+        """What a pending or ready order's status is by its authorizations, without storing it."""
+        if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
+            return order.status, order.error
+        now = utcnow()
+        if order.expires <= now:
+            problem = AcmeProblem("malformed", "The order expired before it was finalized")
+            return OrderStatus.INVALID, problem.to_json()
+        status = OrderStatus.READY
+        for authorization_id in order.authorization_ids:
+            authorization = await tenant.store.get_authorization(authorization_id)
+            if authorization is None or authorization.status in (
+                AuthorizationStatus.INVALID,
+                AuthorizationStatus.DEACTIVATED,
+                AuthorizationStatus.REVOKED,
+            ):
+                return OrderStatus.INVALID, _authorization_error(authorization)
+            if is_expired(authorization, now):
+                problem = AcmeProblem("unauthorized", "An authorization expired")
+                return OrderStatus.INVALID, problem.to_json()
+            if authorization.status != AuthorizationStatus.VALID:
+                status = OrderStatus.PENDING
+        return status, None
+
     async def finalize(
         self, tenant: TenantContext, account: Account, order: Order, payload: dict[str, Any]
     ) -> Order:
         """RFC 8555 §7.4: check the CSR against the order and policy, then issue."""
-        order = await self.refresh(tenant, order)
-        if order.status != OrderStatus.READY:
+        # A pending order whose authorizations are all valid goes to processing in one
+        # write; any other outcome is stored as refresh stores it.
+        status, _error = await self._status_now(tenant, order)
+        if status != OrderStatus.READY:
+            order = await self.refresh(tenant, order)
             raise AcmeProblem("orderNotReady", f"The order is {order.status}, not ready")
         csr_b64 = payload.get("csr")
         if not isinstance(csr_b64, str):
@@ -269,7 +275,10 @@ class OrderService:
                 "names": [i.value for i in order.identifiers],
             },
         )
-        if not await tenant.store.begin_issuance(processing, record, (intent,)):
+        began = await tenant.store.begin_issuance(
+            processing, record, (intent,), from_status=order.status
+        )
+        if not began:
             raise AcmeProblem("orderNotReady", "The order is already being finalized")
         sans = [(i.type, i.value) for i in order.identifiers]
         try:
@@ -349,13 +358,13 @@ def _decode_csr(csr_b64: str) -> x509.CertificateSigningRequest:
 
 def public_key_thumbprint(public_key: Any) -> str | None:
     """The RFC 7638 thumbprint of a certificate key, or None for types JWK cannot express."""
-    pem = public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    try:
-        return thumbprint(jose.JWK.load(pem))
-    except (jose.Error, ValueError, TypeError):
-        return None
+    for kind in (jose.JWKEC, jose.JWKRSA):
+        if isinstance(public_key, kind.cryptography_key_types):
+            try:
+                return thumbprint(kind(key=public_key))
+            except (jose.Error, ValueError, TypeError, KeyError):
+                return None
+    return None
 
 
 def _authorization_error(authorization: Authorization | None) -> dict[str, Any]:

@@ -34,6 +34,15 @@ from acme_mt.models import (
 #: ids name schemas and files.
 TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
+#: The stored statuses from which an order may go to processing.
+ISSUANCE_STARTS = frozenset({"pending", "ready"})
+
+
+def check_issuance_start(from_status: str) -> None:
+    """Refuse a ``begin_issuance`` from any other status: a programming error."""
+    if from_status not in ISSUANCE_STARTS:
+        raise ValueError(f"issuance cannot begin for an order that is {from_status}")
+
 
 @dataclass(frozen=True)
 class EstCredential:
@@ -196,11 +205,19 @@ class TenantStore(StoreReader, Protocol):
         ...
 
     async def begin_issuance(
-        self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+        self,
+        order: Order,
+        certificate: CertificateRecord,
+        audit: Sequence[AuditEntry] = (),
+        *,
+        from_status: str = "ready",
     ) -> bool:
         """Record the serial about to be signed and move the order to processing.
 
-        Returns False, changing nothing, when the order was no longer ready.
+        ``from_status`` is the status the stored order must still have: ready,
+        or pending when the caller has just found every authorization valid
+        (so the order passes through ready in the same write).
+        Returns False, changing nothing, when the order's status was another.
         """
         ...
 

@@ -24,9 +24,10 @@ from acme_mt.models import (
     Challenge,
     Identifier,
     Order,
+    OrderStatus,
     utcnow,
 )
-from acme_mt.storage.base import OcspResponseRecord, OcspSignerRecord
+from acme_mt.storage.base import OcspResponseRecord, OcspSignerRecord, check_issuance_start
 from acme_mt.storage.postgres_accounts import TenantStoreBase
 from acme_mt.storage.postgres_db import Conn, NothingChanged, row_count
 from acme_mt.storage.postgres_rows import (
@@ -293,12 +294,18 @@ class PostgresTenantStore(TenantStoreBase):
     # Issuance.
 
     async def begin_issuance(
-        self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+        self,
+        order: Order,
+        certificate: CertificateRecord,
+        audit: Sequence[AuditEntry] = (),
+        *,
+        from_status: str = OrderStatus.READY,
     ) -> bool:
         """Move a ready order to processing and record its serial as pending, or do nothing."""
+        check_issuance_start(from_status)
         await self._liveness.hold()
-        values = (order.id, *self._pending_values(certificate))
-        return await self._call("record_pending_certificate", values, audit) == DONE
+        values = (order.id, from_status, *self._pending_values(certificate))
+        return await self._call("begin_issuance", values, audit) == DONE
 
     async def complete_issuance(
         self, order: Order | None, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()

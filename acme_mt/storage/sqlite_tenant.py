@@ -25,6 +25,7 @@ from acme_mt.models import (
     EabKey,
     Identifier,
     Order,
+    OrderStatus,
     VerifiedDomain,
     utcnow,
 )
@@ -33,6 +34,7 @@ from acme_mt.storage.base import (
     EstCredential,
     OcspResponseRecord,
     OcspSignerRecord,
+    check_issuance_start,
 )
 from acme_mt.storage.sqlite_db import NothingChanged, SqliteDatabase
 from acme_mt.storage.sqlite_liveness import FileLiveness
@@ -481,18 +483,23 @@ class SqliteTenantStore:
         return await self._write(body, ())
 
     async def begin_issuance(
-        self, order: Order, certificate: CertificateRecord, audit: Sequence[AuditEntry] = ()
+        self,
+        order: Order,
+        certificate: CertificateRecord,
+        audit: Sequence[AuditEntry] = (),
+        *,
+        from_status: str = OrderStatus.READY,
     ) -> bool:
         """Move a ready order to processing and record its serial as pending, or do nothing."""
-
+        check_issuance_start(from_status)
         self._hold_liveness()
         instance = self._liveness.instance
 
         def body(conn: Conn) -> bool:
             cursor = conn.execute(
                 "UPDATE orders SET status = 'processing', certificate_serial = ?"
-                " WHERE id = ? AND status = 'ready'",
-                (certificate.serial.lower(), order.id),
+                " WHERE id = ? AND status = ?",
+                (certificate.serial.lower(), order.id, from_status),
             )
             if cursor.rowcount == 0:
                 raise NothingChanged(False)

@@ -491,6 +491,29 @@ async def test_begin_issuance_not_ready_order_changes_nothing(store: TenantStore
     assert await store.list_audit() == []
 
 
+async def test_begin_issuance_from_pending_takes_an_order_still_pending(
+    store: TenantStore,
+) -> None:
+    order = await ready_order(store)
+    pending = make_order("order-2", ("authz-order-1",))
+    await store.create_order(pending, [])
+    processing = replace(pending, status="processing")
+
+    began = await store.begin_issuance(processing, make_certificate("02"), from_status="pending")
+    again = await store.begin_issuance(processing, make_certificate("03"), from_status="pending")
+    ready_as_pending = await store.begin_issuance(
+        replace(order, status="processing"), make_certificate("04"), from_status="pending"
+    )
+
+    assert (began, again, ready_as_pending) == (True, False, False)
+    stored = await store.get_order("order-2")
+    assert stored is not None and (stored.status, stored.certificate_serial) == ("processing", "02")
+    assert await store.get_certificate("03") is None
+    assert await store.get_certificate("04") is None
+    with pytest.raises(ValueError):
+        await store.begin_issuance(processing, make_certificate("05"), from_status="valid")
+
+
 async def test_complete_issuance_stores_der_and_final_order(store: TenantStore) -> None:
     order = await ready_order(store)
     await store.begin_issuance(order, make_certificate("0abc"))
