@@ -1,8 +1,11 @@
 """JWS request authentication (RFC 8555 §6.2-6.4), on top of josepy.
 
 Every ACME POST is a flattened JWS whose protected header carries ``alg``,
-``nonce``, ``url`` and exactly one of ``jwk`` or ``kid``. josepy parses and
-verifies; this module adds the ACME header fields and the ACME rules.
+``nonce``, ``url`` and exactly one of ``jwk`` or ``kid``. This module checks
+that shape and the ACME rules; josepy supplies the algorithms (its
+``JWASignature`` registry) and the keys (``JWK``). The signature is checked
+over the protected header and payload exactly as the client encoded them
+(RFC 7515 §5.2), so nothing is decoded twice or encoded again.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from josepy import jws as jose_jws
 from josepy.b64 import b64decode, b64encode
 from josepy.errors import DeserializationError, Error
-from josepy.json_util import field
+from josepy.jwa import JWASignature
 from josepy.jwk import JWK, JWKRSA, JWKOct
 
 from acme_mt.errors import AcmeProblem
@@ -25,35 +27,30 @@ EAB_ALGORITHMS = ("HS256", "HS384", "HS512")
 
 JOSE_CONTENT_TYPE = "application/jose+json"
 
-
-class AcmeHeader(jose_jws.Header):
-    """A JOSE header with the two ACME fields, nonce and url (RFC 8555 §6.4, §6.5)."""
-
-    nonce: str | None = field("nonce", omitempty=True)
-    url: str | None = field("url", omitempty=True)
+#: Protected header members that must be strings when present.
+_STRING_MEMBERS = ("kid", "nonce", "url")
 
 
-class AcmeSignature(jose_jws.Signature):
-    __slots__ = jose_jws.Signature._orig_slots
-    header_cls = AcmeHeader
-    header: AcmeHeader = field(
-        "header", omitempty=True, default=AcmeHeader(), decoder=AcmeHeader.from_json
-    )
+@dataclass(frozen=True)
+class JwsHeader:
+    """The protected header members ACME reads (RFC 8555 §6.2, §6.4, §6.5)."""
 
-
-class AcmeJWS(jose_jws.JWS):
-    __slots__ = jose_jws.JWS._orig_slots
-    signature_cls = AcmeSignature
+    alg: str
+    jwk: dict[str, Any] | None
+    kid: str | None
+    nonce: str | None
+    url: str | None
 
 
 @dataclass(frozen=True)
 class ParsedJWS:
     """A JWS whose shape is checked but whose signature is not yet verified."""
 
-    jws: AcmeJWS
-    header: AcmeHeader
+    header: JwsHeader
     payload: bytes
-    raw_protected: dict[str, Any]
+    signature: bytes
+    #: RFC 7515 §5.2: the encoded protected header and payload, joined by a dot.
+    signing_input: bytes
 
     @property
     def is_post_as_get(self) -> bool:
@@ -83,28 +80,57 @@ def parse_jws(body: bytes | dict[str, Any], *, eab: bool = False) -> ParsedJWS:
         raise AcmeProblem("malformed", "The request body must be a flattened JWS object")
     if "signatures" in obj or "header" in obj:
         raise AcmeProblem("malformed", "Only the flattened JWS serialization is accepted")
-    if not all(isinstance(obj.get(k), str) for k in ("protected", "payload", "signature")):
+    protected, payload, signature = (obj.get(k) for k in ("protected", "payload", "signature"))
+    if not (isinstance(protected, str) and isinstance(payload, str) and isinstance(signature, str)):
         raise AcmeProblem("malformed", "The JWS needs protected, payload and signature strings")
+
+    header = _header(protected, eab)
     try:
-        raw_protected = json.loads(b64decode(obj["protected"]))
+        payload_bytes, signature_bytes = b64decode(payload), b64decode(signature)
+        signing_input = f"{protected}.{payload}".encode("ascii")
+    except (ValueError, TypeError):
+        raise AcmeProblem("malformed", "The JWS payload or signature is not base64url") from None
+    return ParsedJWS(header, payload_bytes, signature_bytes, signing_input)
+
+
+def _header(protected: str, eab: bool) -> JwsHeader:
+    try:
+        members = json.loads(b64decode(protected))
     except (ValueError, TypeError, UnicodeDecodeError):
         raise AcmeProblem("malformed", "The JWS protected header is not base64url JSON") from None
-    if not isinstance(raw_protected, dict):
+    if not isinstance(members, dict):
         raise AcmeProblem("malformed", "The JWS protected header must be a JSON object")
+
     allowed = EAB_ALGORITHMS if eab else ALLOWED_ALGORITHMS
-    if raw_protected.get("alg") not in allowed:
-        prob = AcmeProblem("badSignatureAlgorithm", f"Accepted algorithms: {', '.join(allowed)}")
-        raise prob
-    try:
-        parsed = cast(AcmeJWS, AcmeJWS.from_json(obj))
-    except (DeserializationError, ValueError, TypeError, KeyError):
-        raise AcmeProblem("malformed", "The JWS could not be parsed") from None
-    header = cast(AcmeHeader, parsed.signature.combined)
+    if members.get("alg") not in allowed:
+        raise AcmeProblem("badSignatureAlgorithm", f"Accepted algorithms: {', '.join(allowed)}")
+    if "crit" in members:
+        # RFC 7515 §4.1.11: no extension is understood here, so none may be critical.
+        raise AcmeProblem("malformed", "The JWS names critical extensions this server lacks")
+    for name in _STRING_MEMBERS:
+        if not isinstance(members.get(name, ""), str):
+            raise AcmeProblem("malformed", f"The JWS header member {name} must be a string")
+    jwk = members.get("jwk")
+    if jwk is not None and not isinstance(jwk, dict):
+        raise AcmeProblem("malformed", "The JWS header member jwk must be an object")
+
+    header = JwsHeader(
+        members["alg"], jwk, members.get("kid"), members.get("nonce"), members.get("url")
+    )
     if not eab and (header.jwk is None) == (header.kid is None):
         raise AcmeProblem("malformed", "The JWS header needs exactly one of jwk and kid")
     if not header.url:
         raise AcmeProblem("malformed", "The JWS header has no url")
-    return ParsedJWS(parsed, header, parsed.payload, raw_protected)
+    return header
+
+
+def signature_valid(parsed: ParsedJWS, key: JWK) -> bool:
+    """Whether the JWS signature verifies with ``key`` under the header's algorithm."""
+    try:
+        algorithm = JWASignature.from_json(parsed.header.alg)
+        return bool(algorithm.verify(key.key, parsed.signing_input, parsed.signature))
+    except (Error, ValueError, TypeError, AttributeError):
+        return False
 
 
 def verify_signature(parsed: ParsedJWS, key: JWK) -> None:
@@ -112,11 +138,7 @@ def verify_signature(parsed: ParsedJWS, key: JWK) -> None:
 
     :raises AcmeProblem: malformed when the signature does not verify.
     """
-    try:
-        valid = parsed.jws.verify(key)
-    except (Error, ValueError, TypeError):
-        valid = False
-    if not valid:
+    if not signature_valid(parsed, key):
         raise AcmeProblem("malformed", "The JWS signature is invalid")
 
 

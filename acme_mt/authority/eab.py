@@ -12,7 +12,7 @@ from typing import Any
 import josepy as jose
 
 from acme_mt.errors import AcmeProblem
-from acme_mt.jws import load_jwk, parse_jws, public_jwk_json
+from acme_mt.jws import load_jwk, parse_jws, public_jwk_json, signature_valid
 from acme_mt.models import utcnow
 from acme_mt.storage.base import StoreReader
 
@@ -54,11 +54,6 @@ async def check_binding(
     key = await store.get_eab_key(header.kid)
     if key is None or not key.usable(utcnow()):
         raise AcmeProblem("unauthorized", "The external account binding key is not usable")
-    mac_key = jose.JWKOct(key=key.hmac_key)
-    try:
-        valid = parsed.jws.verify(mac_key)
-    except (jose.Error, ValueError, TypeError):
-        valid = False
-    if not valid:
+    if not signature_valid(parsed, jose.JWKOct(key=key.hmac_key)):
         raise AcmeProblem("unauthorized", "The external account binding key is not usable")
     return header.kid

@@ -80,7 +80,7 @@ async def test_mac_algorithm_is_bad_signature_algorithm(
 ) -> None:
     client = await account_client(live_server, http_session)
     url = client.directory["newOrder"]
-    from acme_mt.jws import AcmeJWS
+    from tests.support.acme import AcmeJWS
 
     signed = AcmeJWS.sign(
         b"{}",

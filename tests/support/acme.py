@@ -14,8 +14,30 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from josepy import jws as jose_jws
+from josepy.json_util import field as jose_field
 
-from acme_mt.jws import AcmeJWS
+
+class AcmeHeader(jose_jws.Header):
+    """A JOSE header with the two ACME members, nonce and url, for signing requests."""
+
+    nonce: str | None = jose_field("nonce", omitempty=True)
+    url: str | None = jose_field("url", omitempty=True)
+
+
+class AcmeSignature(jose_jws.Signature):
+    __slots__ = jose_jws.Signature._orig_slots
+    header_cls = AcmeHeader
+    header: AcmeHeader = jose_field(
+        "header", omitempty=True, default=AcmeHeader(), decoder=AcmeHeader.from_json
+    )
+
+
+class AcmeJWS(jose_jws.JWS):
+    """josepy's JWS with ACME headers: what the test client signs with."""
+
+    __slots__ = jose_jws.JWS._orig_slots
+    signature_cls = AcmeSignature
 
 
 @dataclass
