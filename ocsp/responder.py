@@ -59,6 +59,9 @@ BATCH = 256
 #: Below this many due serials, refresh reads them one by one instead of scanning.
 POINT_READS = 64
 
+#: How long issued serials gather before they are pre-signed together.
+PRESIGN_GATHER = 0.05
+
 #: Certificate statuses that mean the serial was issued.
 _ISSUED = (CertificateStatus.VALID, CertificateStatus.REVOKED)
 
@@ -101,6 +104,8 @@ class TenantResponder:
         #: Serials whose cached responses already say revoked.
         self._known_revoked: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Serials issued here and not yet pre-signed.
+        self._presign_due: list[int] = []
         #: The newest ``stored_at`` seen in the store; None before the first pull.
         self._pulled_until: datetime | None = None
         #: When (loop time) ``_pulled_until`` last moved.
@@ -422,7 +427,26 @@ class TenantResponder:
     # Certificate events (acme_mt.events): quick, never raising.
 
     def issued(self, serial_hex: str) -> None:
-        self._spawn(self._ensure(self.presign_request(int(serial_hex, 16)), kept=False))
+        self._presign_due.append(int(serial_hex, 16))
+        if len(self._presign_due) == 1:
+            self._spawn(self._presign_gathered())
+
+    async def _presign_gathered(self) -> None:
+        """Pre-sign what was issued over ``PRESIGN_GATHER``: one signing call, one write.
+
+        A request for one of these serials meanwhile signs it on its own.
+        """
+        await asyncio.sleep(PRESIGN_GATHER)
+        serials, self._presign_due = self._presign_due, []
+        read_in = self._generation
+        records = await self._records(serials)
+        pairs = [
+            (self.presign_request(serial), record)
+            for serial, record in records.items()
+            if record.status in _ISSUED
+        ]
+        if pairs:
+            await self._sign_and_keep(pairs, read_in)
 
     def revoked(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)

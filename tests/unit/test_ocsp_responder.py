@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -250,13 +250,28 @@ async def test_revocation_resigns_every_cached_variant(tenant: TenantContext) ->
         assert response.revocation_reason == x509.ReasonFlags.superseded
 
 
-async def test_issued_event_presigns_at_once(tenant: TenantContext) -> None:
+async def test_issued_events_are_presigned_together_and_kept_in_one_write(
+    tenant: TenantContext,
+) -> None:
     responder = TenantResponder(tenant, clock=Clock())
     await responder.warm()
-    leaf = await issue(tenant)
-    responder.issued(format(leaf.serial_number, "x"))
+    leaves = [await issue(tenant) for _ in range(3)]
+    saved: list[int] = []
+    save = tenant.store.save_ocsp_responses
+
+    async def counted(records: Sequence[OcspResponseRecord]) -> None:
+        saved.append(len(records))
+        await save(records)
+
+    tenant.store.save_ocsp_responses = counted  # type: ignore[method-assign]
+    for leaf in leaves:
+        responder.issued(format(leaf.serial_number, "x"))
     await settle(responder)
-    assert len(responder.cache) == 1
+
+    assert len(responder.cache) == 3
+    assert saved == [3]
+    for leaf in leaves:
+        assert await tenant.store.get_ocsp_response(format(leaf.serial_number, "x")) is not None
 
 
 async def test_refresh_resigns_after_half_the_window_and_drops_expired(
