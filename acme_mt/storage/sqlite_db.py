@@ -16,12 +16,14 @@ so reads see rows other processes committed, and every write is one explicit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,23 +55,22 @@ class NothingChanged(Exception):
 class SqliteDatabase:
     """A SQLite file opened on its own worker thread."""
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, worker: _Worker, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._executor = executor
+        self._worker = worker
         self._conn: sqlite3.Connection | None = conn
         self._reader: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path, kind: str) -> SqliteDatabase:
         """Open (creating if needed) the file at ``path`` and apply pending migrations."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{kind}")
-        loop = asyncio.get_running_loop()
+        worker = _Worker(f"sqlite-{kind}")
         try:
-            conn = await loop.run_in_executor(executor, _connect, path, kind)
+            conn = await worker.run(functools.partial(_connect, path, kind))
         except BaseException:
-            executor.shutdown(wait=False)
+            worker.stop()
             raise
-        database = cls(path, executor, conn)
+        database = cls(path, worker, conn)
         database._reader = _connect_reader(path)
         return database
 
@@ -123,18 +124,65 @@ class SqliteDatabase:
             reader.close()
         if conn is None:
             return
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, conn.close)
+            await self._worker.run(conn.close)
         finally:
-            self._executor.shutdown(wait=False)
+            self._worker.stop()
 
     async def _submit(self, job: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
             raise StoreError("the store is closed")
+        return await self._worker.run(functools.partial(_guarded, job, conn, self.path))
+
+
+class _Worker:
+    """One thread that runs calls in order and answers each on its caller's loop.
+
+    Lighter than a one-thread ``ThreadPoolExecutor``: a queue put to hand a call
+    over and one ``call_soon_threadsafe`` to hand the outcome back, with no
+    executor future between them. A call whose caller was cancelled before it
+    started is skipped, as an executor would.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, call: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _guarded, job, conn, self.path)
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((call, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread end once the calls already queued have run."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future, loop = item
+            if future.cancelled():
+                continue
+            try:
+                outcome: tuple[bool, Any] = (True, call())
+            except BaseException as exc:
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], succeeded: bool, value: Any) -> None:
+    if future.done():
+        return
+    if succeeded:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _connect(path: Path, kind: str) -> sqlite3.Connection:
