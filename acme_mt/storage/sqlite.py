@@ -10,9 +10,10 @@ Layout under the data directory::
     tenants/<slug>/store.sqlite3      one tenant's ACME state and audit chain
 
 Tenant directories are private to the server's user (0700) because the files
-hold EAB keys. Each open file has its own connection on its own worker thread
-(``acme_mt.storage.sqlite_db``), so one tenant's slow or broken file never
-holds up another's calls.
+hold EAB keys. Each open file has its own connections and its own thread for
+the work that may wait (``acme_mt.storage.sqlite_db``): a write to a file that
+another process has locked yields to the loop, and syncs happen on the file's
+thread, so one tenant's locked or slow file does not hold up another's calls.
 """
 
 from __future__ import annotations

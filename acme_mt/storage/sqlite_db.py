@@ -1,16 +1,21 @@
-"""One SQLite connection on a worker thread of its own, shared by the SQLite stores.
+"""One SQLite file as the SQLite stores use it: reads and writes on the event loop,
+slow work on a thread of the file's own.
 
-The event loop never waits on SQLite: every call is handed to the connection's
-single worker thread and awaited, which also serialises the calls, so a
-connection is never used by two threads at once. Files run in WAL mode so that
-another process (the command line writing an EAB key or a tenant while the
-server runs, or the other worker processes of the server) can write beside
-us. The write lock is waited for here, in steps of tens of microseconds,
-rather than by SQLite's busy handler, whose sleeps of whole milliseconds are
-ten times longer than another worker holds the lock. The connection is in
-autocommit mode: every read ends its snapshot when it returns,
-so reads see rows other processes committed, and every write is one explicit
-``BEGIN IMMEDIATE`` transaction that takes the write lock before it reads.
+Files run in WAL mode so that another process (the command line writing an
+EAB key or a tenant while the server runs, or the other worker processes of
+the server) can write beside us. In WAL mode a read never waits and a commit
+only appends pages to the log, without syncing: both take microseconds, less
+than handing them to a thread and back, so they run on the loop. What can take
+long runs on the file's thread instead: opening it and applying migrations,
+checkpoints (which copy the log into the file and sync it; the loop's
+connection never starts one), and reads that met a lock. While another
+process holds the write lock, a write yields to the loop and tries again in
+steps of tens of microseconds, rather than letting SQLite's busy handler
+sleep whole milliseconds, ten times longer than another worker holds it.
+Connections are in autocommit mode: every read ends its snapshot when it
+returns, so reads see rows other processes committed, and every write is one
+explicit ``BEGIN IMMEDIATE`` transaction that takes the write lock before it
+reads.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ BUSY_TIMEOUT_MS = 5000
 #: Pauses between tries for a lock another process holds, the last repeated until
 #: ``BUSY_TIMEOUT_MS`` has passed.
 LOCK_PAUSES = (0.0001, 0.0003, 0.001)
+#: Commits on the loop between two checkpoints on the file's thread (SQLite's own
+#: automatic checkpoint comes after about 1,000 pages, a few hundred of our writes).
+CHECKPOINT_EVERY = 200
 
 _UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 #: SQLite's answers when another connection holds the lock wanted.
@@ -53,13 +61,23 @@ class NothingChanged(Exception):
 
 
 class SqliteDatabase:
-    """A SQLite file opened on its own worker thread."""
+    """A SQLite file: a writer and a reader connection for the loop, a thread for slow work."""
 
-    def __init__(self, path: Path, worker: _Worker, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        worker: _Worker,
+        conn: sqlite3.Connection,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+    ) -> None:
         self.path = path
         self._worker = worker
         self._conn: sqlite3.Connection | None = conn
-        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = writer
+        self._reader: sqlite3.Connection | None = reader
+        self._commits = 0
+        self._checkpoint: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, kind: str) -> SqliteDatabase:
@@ -70,16 +88,20 @@ class SqliteDatabase:
         except BaseException:
             worker.stop()
             raise
-        database = cls(path, worker, conn)
-        database._reader = _connect_reader(path)
-        return database
+        try:
+            writer = _connect_writer(path)
+        except BaseException:
+            await worker.run(conn.close)
+            worker.stop()
+            raise
+        return cls(path, worker, conn, writer, _connect_reader(path))
 
     async def read(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` in one short read transaction (one snapshot).
 
         Reads run on the loop through a read-only connection: in WAL mode a reader
         never waits for the writer, and a read costs less than a hand-off to the
-        worker thread. When SQLite says busy all the same (a checkpoint resetting
+        file's thread. When SQLite says busy all the same (a checkpoint resetting
         the log), the read goes to the worker, which may wait.
         """
         reader = self._reader
@@ -107,27 +129,73 @@ class SqliteDatabase:
         return await self._submit(job)
 
     async def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` on the worker in one ``BEGIN IMMEDIATE`` transaction.
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction on the loop's writer.
+
+        Limitation: the commit's write to the log goes through the page cache on
+        the loop; under heavy write-back pressure the kernel may stall it, and
+        every tenant of this process with it. Handing a file's commits to its
+        thread once their time grows would end that.
 
         Any exception rolls the whole transaction back; ``NothingChanged`` rolls
-        it back too and returns its result.
+        it back too and returns its result. ``body`` runs without yielding, so
+        no other write of this process comes between its statements.
 
         :raises acme_mt.errors.Conflict: a unique or primary key was taken.
+        :raises acme_mt.errors.TenantUnavailable: the lock was not had within
+            ``BUSY_TIMEOUT_MS``, or SQLite failed.
         """
-        return await self._submit(functools.partial(_write, body))
+        writer = await self._begin()
+        result = _guarded(functools.partial(_finish_write, body), writer, self.path)
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits = 0
+            self._start_checkpoint()
+        return result
+
+    async def _begin(self) -> sqlite3.Connection:
+        """The writer, in a transaction holding the write lock; the loop runs while it waits."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        for pause in _pauses():
+            writer = self._writer
+            if writer is None:
+                raise StoreError("the store is closed")
+            if _guarded(_begin_immediate, writer, self.path):
+                return writer
+            if time.monotonic() > deadline:
+                logger.warning("SQLite write lock on %s not had within the timeout", self.path)
+                raise TenantUnavailable()
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        """Close the connection and let the worker thread end; closing twice is harmless."""
+        """Close the connections and let the file's thread end; closing twice is harmless."""
         conn, self._conn = self._conn, None
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        for attribute in ("_reader", "_writer"):
+            loop_conn = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if loop_conn is not None:
+                loop_conn.close()
         if conn is None:
             return
         try:
+            if self._checkpoint is not None:
+                with contextlib.suppress(Exception):
+                    await self._checkpoint
             await self._worker.run(conn.close)
         finally:
             self._worker.stop()
+
+    def _start_checkpoint(self) -> None:
+        """Copy the log into the file on the file's thread, where its syncs wait."""
+        checkpoint = asyncio.ensure_future(self._submit(_checkpoint))
+        self._checkpoint = checkpoint
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._checkpoint = None
+            if not future.cancelled() and future.exception() is not None:
+                logger.warning("checkpoint of %s failed; the next one tries again", self.path)
+
+        checkpoint.add_done_callback(done)
 
     async def _submit(self, job: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -206,6 +274,21 @@ def _connect(path: Path, kind: str) -> sqlite3.Connection:
     return conn
 
 
+def _connect_writer(path: Path) -> sqlite3.Connection:
+    """The loop's read-write connection: it never waits for a lock, never checkpoints."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class _ReaderBusy(Exception):
     """The loop-side reader met a lock; the read is retried on the worker."""
 
@@ -261,8 +344,19 @@ def _waiting(job: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -
     return _locked(lambda: job(conn))
 
 
-def _write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    _locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+def _begin_immediate(conn: sqlite3.Connection) -> bool:
+    """Take the write lock; False when another connection holds it."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode in BUSY_CODES:
+            return False
+        raise
+    return True
+
+
+def _finish_write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``body`` in the transaction just begun, then commit or roll back."""
     try:
         result = body(conn)
         conn.execute("COMMIT")
@@ -273,6 +367,11 @@ def _write(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) ->
         _end(conn, "ROLLBACK")
         raise
     return result
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """A passive checkpoint: it copies what no reader still needs and waits for nobody."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _end(conn: sqlite3.Connection, statement: str) -> None:
