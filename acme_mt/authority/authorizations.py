@@ -81,7 +81,10 @@ class AuthorizationService:
         self._validator = validator
         self._https_url = https_url
         self._wait_seconds = wait_seconds
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Validations under way, by challenge id: a second post joins the first.
+        self._running: dict[
+            str, tuple[asyncio.Task[Authorization | None], asyncio.Future[None]]
+        ] = {}
 
     async def new_preauthorization(
         self, tenant: TenantContext, account: Account, identifier: Identifier
@@ -116,7 +119,14 @@ class AuthorizationService:
         authorization: Authorization,
         challenge: Challenge,
     ) -> tuple[Authorization, Challenge]:
-        """The client says a challenge is ready: validate it (RFC 8555 §7.5.1)."""
+        """The client says a challenge is ready: validate it (RFC 8555 §7.5.1).
+
+        The answer is the outcome when validation ends within the wait, and the
+        challenge ``processing`` otherwise. Only a validation that outlasts the
+        wait is recorded as ``processing``: a quick one writes its outcome alone,
+        and one cut off before either write leaves the challenge ``pending``,
+        for the client to post again.
+        """
         if is_expired(authorization, utcnow()):
             raise AcmeProblem("malformed", "The authorization has expired")
         if (
@@ -126,21 +136,28 @@ class AuthorizationService:
             return authorization, challenge
         processing = replace(challenge, status=ChallengeStatus.PROCESSING)
         authorization = _with_challenge(authorization, processing)
-        await tenant.store.update_authorization(authorization)
-        # Limitation: the validation runs in this process only; if it dies mid-way the
-        # challenge stays processing. A sweeper that re-queues old processing challenges
-        # through a store-held job lease would end that.
-        task = asyncio.create_task(self._validate(tenant, account, authorization, processing))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self._wait_seconds)
-        except TimeoutError:
+        running = self._running.get(challenge.id)
+        if running is None:
+            marked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # Limitation: the validation runs in this process only; if it dies after the
+            # processing mark the challenge stays processing. A sweeper that re-queues old
+            # processing challenges through a store-held job lease would end that.
+            task = asyncio.create_task(
+                self._validate(tenant, account, authorization, processing, marked)
+            )
+            running = self._running[challenge.id] = (task, marked)
+            task.add_done_callback(lambda _: self._running.pop(challenge.id, None))
+        task, marked = running
+        await asyncio.wait((task, marked), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
             return authorization, processing
-        current = await tenant.store.get_authorization(authorization.id)
-        if current is None:
-            return authorization, processing
-        return current, current.challenge(challenge.id) or processing
+        result = task.result()
+        if result is None:
+            current = await tenant.store.get_authorization(authorization.id)
+            if current is None:
+                return authorization, processing
+            return current, current.challenge(challenge.id) or processing
+        return result, result.challenge(challenge.id) or processing
 
     async def _validate(
         self,
@@ -148,32 +165,34 @@ class AuthorizationService:
         account: Account,
         authorization: Authorization,
         challenge: Challenge,
-    ) -> None:
-        key_authorization = f"{challenge.token}.{account.thumbprint}"
-        error: AcmeProblem | None = None
-        async with tenant.validation_slots:
-            try:
-                await self._validator.validate(
-                    challenge.type, authorization.identifier, challenge.token, key_authorization
-                )
-                await check_authorization_caa(
-                    self._validator, tenant, self._https_url, account, authorization, challenge.type
-                )
-            except AcmeProblem as exc:
-                error = exc
-            except Exception:
-                logger.exception("validation of %s crashed", challenge.id)
-                error = AcmeProblem("serverInternal", "Validation failed inside the server")
+        marked: asyncio.Future[None],
+    ) -> Authorization | None:
+        """Validate, mark ``processing`` once the wait is over, record the outcome.
+
+        Returns the authorization as recorded, or None when it could not be.
+        """
+        check = asyncio.ensure_future(self._check(tenant, account, authorization, challenge))
+        try:
+            done, _ = await asyncio.wait((check,), timeout=self._wait_seconds)
+            if not done:
+                try:
+                    await tenant.store.update_authorization(authorization)
+                except Exception:
+                    logger.exception("could not mark %s processing", challenge.id)
+                marked.set_result(None)
+            error = await check
+        finally:
+            check.cancel()
         now = utcnow()
         if error is None:
-            done = replace(challenge, status=ChallengeStatus.VALID, validated=now)
+            done_challenge = replace(challenge, status=ChallengeStatus.VALID, validated=now)
             status = AuthorizationStatus.VALID
         else:
             problem_json = error.to_json()
             problem_json["identifier"] = authorization.identifier.to_json()
-            done = replace(challenge, status=ChallengeStatus.INVALID, error=problem_json)
+            done_challenge = replace(challenge, status=ChallengeStatus.INVALID, error=problem_json)
             status = AuthorizationStatus.INVALID
-        result = replace(_with_challenge(authorization, done), status=status)
+        result = replace(_with_challenge(authorization, done_challenge), status=status)
         audit = AuditEntry(
             "authorization.validated" if error is None else "authorization.failed",
             {
@@ -183,23 +202,53 @@ class AuthorizationService:
                 "error": None if error is None else error.type,
             },
         )
+        logger.info(
+            "challenge %s %s for %s: %s",
+            challenge.type,
+            done_challenge.status,
+            authorization.identifier.value,
+            error.detail if error else "ok",
+        )
         try:
             await tenant.store.update_authorization(result, (audit,))
         except Exception:
             logger.exception("could not record the validation of %s", challenge.id)
-        logger.info(
-            "challenge %s %s for %s: %s",
-            challenge.type,
-            done.status,
-            authorization.identifier.value,
-            error.detail if error else "ok",
-        )
+            return None
+        return result
+
+    async def _check(
+        self,
+        tenant: TenantContext,
+        account: Account,
+        authorization: Authorization,
+        challenge: Challenge,
+    ) -> AcmeProblem | None:
+        """The problem that makes ``challenge`` fail, or None when it passes."""
+        key_authorization = f"{challenge.token}.{account.thumbprint}"
+        async with tenant.validation_slots:
+            try:
+                await self._validator.validate(
+                    challenge.type, authorization.identifier, challenge.token, key_authorization
+                )
+                await check_authorization_caa(
+                    self._validator, tenant, self._https_url, account, authorization, challenge.type
+                )
+            except AcmeProblem as exc:
+                return exc
+            except Exception:
+                logger.exception("validation of %s crashed", challenge.id)
+                return AcmeProblem("serverInternal", "Validation failed inside the server")
+        return None
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = [task for task, _ in self._running.values()]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_Validation = tuple["asyncio.Task[Authorization | None]", "asyncio.Future[None]"]
 
 
 def _with_challenge(authorization: Authorization, challenge: Challenge) -> Authorization:

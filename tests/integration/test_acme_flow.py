@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import josepy as jose
@@ -12,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from acme_mt.jws import thumbprint
 from tests.support.acme import AcmeTestClient, make_csr
 from tests.support.flow import authorize_http01, issue, random_name, wait_status
 from tests.support.live import Http01Responder, LiveServer
@@ -222,6 +224,61 @@ async def test_renewal_reuses_valid_authorization(
     assert reply.json()["authorizations"] == first["authorizations"]
     _second, _u2, chain2 = await issue(client, http01_responder, [name])
     assert chain1 != chain2
+
+
+async def _pending_http01(
+    client: AcmeTestClient, responder: Http01Responder
+) -> tuple[str, dict[str, Any]]:
+    """A new order's authorization URL and its http-01 challenge, answered by ``responder``."""
+    reply = await client.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": random_name()}]}
+    )
+    authz_url = reply.json()["authorizations"][0]
+    authz = (await client.post(authz_url)).json()
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    token = challenge["token"]
+    responder.tokens[token] = f"{token}.{thumbprint(client.key)}"
+    return authz_url, challenge
+
+
+async def test_a_quick_validation_answers_the_challenge_post_with_its_outcome(
+    live_server: LiveServer, http_session: aiohttp.ClientSession, http01_responder: Http01Responder
+) -> None:
+    client = await client_for(live_server, http_session)
+    await client.new_account()
+    authz_url, challenge = await _pending_http01(client, http01_responder)
+
+    answer = await client.post(challenge["url"], {})
+
+    assert answer.status == 200
+    assert answer.json()["status"] == "valid"
+    assert "Retry-After" not in answer.headers
+    authz = (await client.post(authz_url)).json()
+    assert authz["status"] == "valid"
+
+
+async def test_a_slow_validation_is_processing_for_every_reader_until_it_ends(
+    live_server: LiveServer, http_session: aiohttp.ClientSession, http01_responder: Http01Responder
+) -> None:
+    client = await client_for(live_server, http_session)
+    await client.new_account()
+    authz_url, challenge = await _pending_http01(client, http01_responder)
+    http01_responder.slow_tokens.add(challenge["token"])
+    http01_responder.delay = 2.0  # past the server's 0.5 s wait
+
+    answer = await client.post(challenge["url"], {})
+
+    assert answer.status == 200
+    assert answer.json()["status"] == "processing"
+    assert int(answer.headers["Retry-After"]) >= 1
+    authz = (await client.post(authz_url)).json()
+    assert authz["status"] == "pending"
+    seen = next(c for c in authz["challenges"] if c["url"] == challenge["url"])
+    assert seen["status"] == "processing"
+    again = await client.post(challenge["url"], {})
+    assert again.json()["status"] == "processing"
+    final = await wait_status(client, authz_url, {"valid", "invalid"})
+    assert final["status"] == "valid"
 
 
 async def test_failed_http01_makes_authorization_and_order_invalid(

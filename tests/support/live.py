@@ -47,6 +47,9 @@ class Http01Responder:
 
     port: int
     tokens: dict[str, str] = field(default_factory=dict)
+    #: Seconds to wait before answering a token in ``slow_tokens``.
+    delay: float = 0.0
+    slow_tokens: set[str] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
 
@@ -54,7 +57,10 @@ class Http01Responder:
         ready = threading.Event()
 
         async def answer(request: web.Request) -> web.Response:
-            value = self.tokens.get(request.match_info["token"])
+            token = request.match_info["token"]
+            if token in self.slow_tokens:
+                await asyncio.sleep(self.delay)
+            value = self.tokens.get(token)
             if value is None:
                 return web.Response(status=404)
             return web.Response(text=value)
