@@ -23,7 +23,7 @@ from acme_mt.storage.postgres_db import (
     Conn,
     NothingChanged,
     in_transaction,
-    one_row,
+    read_rows,
     require_changed,
     row_count,
     translated_errors,
@@ -126,13 +126,16 @@ class TenantStoreBase:
 
     async def _account_by(self, column: str, value: str) -> Account | None:
         """The account read through ``account_by``: one round trip, as every JWS needs one."""
+        rows = await self._read(_ACCOUNT_BY, (column, value))
+        return account_from_row(rows[0]) if rows else None
+
+    async def _read(self, statement: str, values: tuple[Any, ...]) -> list[Row]:
+        """The rows of a read function called with this tenant's id, schema and ``values``."""
         if self._closed:
             raise StoreError("the store is closed")
         binding = self._binding
-        arguments = (binding.tenant_id, binding.schema, column, value)
         with translated_errors(f"tenant {self.slug}"):
-            row = await one_row(binding, _ACCOUNT_BY, arguments)
-        return None if row is None else account_from_row(row)
+            return await read_rows(binding, statement, (binding.tenant_id, binding.schema, *values))
 
     async def create_account(self, account: Account, audit: Sequence[AuditEntry] = ()) -> Account:
         """Insert an account and bind its EAB key, or return the account that has its key."""

@@ -4,12 +4,14 @@ Every store call is one transaction in the tenant's context:
 ``acme_mt.tenant_id`` (which the row-level security policies compare with each
 row's ``tenant_id``), set with ``set_config(..., true)`` so that it ends with
 the transaction and never leaks to the next user of the pooled connection.
-Writes are one statement, a call of the store's functions that sets the
-context itself (``acme_mt.storage.postgres_writes``). Reads and the rarer
-writes open a transaction that sets the context and a ``search_path`` of the
-tenant's schema, ``BEGIN`` and both in one round trip; a connection that
-turns out dead on that first round trip is swapped for a fresh one, since
-nothing ran yet.
+Writes, and the reads every ACME request makes (its account, order,
+authorization, challenge or certificate), are one statement, a call of the
+store's functions that sets the context itself
+(``acme_mt.storage.postgres_writes``, ``migrations/postgres/functions``).
+Other reads and the rarer writes open a transaction that sets the context
+and a ``search_path`` of the tenant's schema, ``BEGIN`` and both in one round
+trip; a connection that turns out dead on that first round trip is swapped
+for a fresh one, since nothing ran yet.
 
 A server that is down, restarting or out of connections becomes
 ``TenantUnavailable`` (503 with a retry hint); the pools reconnect by
@@ -182,8 +184,8 @@ async def one_statement(binding: Binding, statement: str, arguments: Sequence[An
         return await conn.fetchval(statement, *arguments)
 
 
-async def one_row(binding: Binding, statement: str, arguments: Sequence[Any]) -> Any:
-    """The first row of one statement in a transaction of its own, or None: one round trip.
+async def read_rows(binding: Binding, statement: str, arguments: Sequence[Any]) -> list[Any]:
+    """The rows of one statement in a transaction of its own: one round trip.
 
     For reads through a function that enters the tenant's context itself;
     retried once on a connection that died while idle in the pool, since a
@@ -192,7 +194,7 @@ async def one_row(binding: Binding, statement: str, arguments: Sequence[Any]) ->
     for attempt in (1, 2):
         async with binding.pool.connection() as conn:
             try:
-                return await conn.fetchrow(statement, *arguments)
+                return list(await conn.fetch(statement, *arguments))
             except DEAD_CONNECTION:
                 if attempt == 2:
                     raise
@@ -200,9 +202,10 @@ async def one_row(binding: Binding, statement: str, arguments: Sequence[Any]) ->
     raise AssertionError("unreachable")
 
 
-# Limitation: reads other than the account's, and the rarer writes, still take
-# three round trips or more (BEGIN with the context, each statement, COMMIT);
-# read functions like ``account_by`` would make each of them one.
+# Limitation: lists, lookups outside the ACME request path and the rarer writes
+# still take three round trips or more (BEGIN with the context, each
+# statement, COMMIT); a read function each, as for the reads of a request,
+# would make them one.
 async def in_transaction(
     binding: Binding, body: Callable[[Conn], Awaitable[T]], what: str = "store"
 ) -> T:

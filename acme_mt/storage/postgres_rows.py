@@ -32,14 +32,6 @@ Conn: TypeAlias = asyncpg.Connection
 Row: TypeAlias = asyncpg.Record
 
 ACCOUNT_COLUMNS = "id, thumbprint, jwk, status, contact, created, eab_kid"
-ORDER_COLUMNS = (
-    "id, account_id, status, identifiers, expires, created, not_before, not_after, error,"
-    " certificate_serial, profile, replaces"
-)
-AUTHORIZATION_COLUMNS = (
-    "id, account_id, identifier_type, identifier_value, wildcard, status, expires, created"
-)
-CHALLENGE_COLUMNS = "id, authorization_id, type, token, status, validated, error"
 CERTIFICATE_COLUMNS = (
     "serial, account_id, order_id, status, not_before, not_after, created, der, revoked_at,"
     " revocation_reason, shard, channel"
@@ -128,8 +120,8 @@ def est_credential_from_row(row: Row) -> EstCredential:
     )
 
 
-def order_from_rows(row: Row, links: Sequence[Row]) -> Order:
-    """An order from its row and its authorization links in position order."""
+def order_from_row(row: Row) -> Order:
+    """An order from a row of ``order_by_id``: its columns and its authorization ids."""
     return Order(
         id=row["id"],
         account_id=row["account_id"],
@@ -137,7 +129,7 @@ def order_from_rows(row: Row, links: Sequence[Row]) -> Order:
         identifiers=tuple(
             Identifier(i["type"], i["value"]) for i in json.loads(row["identifiers"])
         ),
-        authorization_ids=tuple(link["authorization_id"] for link in links),
+        authorization_ids=tuple(row["authorization_ids"]),
         expires=row["expires"],
         created=row["created"],
         not_before=row["not_before"],
@@ -161,8 +153,11 @@ def challenge_from_row(row: Row) -> Challenge:
     )
 
 
-def authorization_from_rows(row: Row, challenges: Sequence[Row]) -> Authorization:
-    """An authorization from its row and its challenges in position order."""
+def authorization_from_rows(rows: Sequence[Row]) -> Authorization | None:
+    """An authorization from the rows of ``authorization_by``, one per challenge in order."""
+    if not rows:
+        return None
+    row = rows[0]
     return Authorization(
         id=row["id"],
         account_id=row["account_id"],
@@ -170,18 +165,21 @@ def authorization_from_rows(row: Row, challenges: Sequence[Row]) -> Authorizatio
         status=row["status"],
         expires=row["expires"],
         wildcard=row["wildcard"],
-        challenges=tuple(challenge_from_row(c) for c in challenges),
+        challenges=tuple(
+            Challenge(
+                id=c["challenge_id"],
+                authorization_id=row["id"],
+                type=c["challenge_type"],
+                token=c["challenge_token"],
+                status=c["challenge_status"],
+                validated=c["challenge_validated"],
+                error=from_json_or_none(c["challenge_error"]),
+            )
+            for c in rows
+            if c["challenge_id"] is not None
+        ),
         created=row["created"],
     )
-
-
-async def authorization_with_challenges(conn: Conn, row: Row) -> Authorization:
-    """Complete an authorization row with its challenges, in their order."""
-    challenges = await conn.fetch(
-        f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE authorization_id = $1 ORDER BY position",
-        row["id"],
-    )
-    return authorization_from_rows(row, challenges)
 
 
 def certificate_from_row(row: Row) -> CertificateRecord:

@@ -31,20 +31,18 @@ from acme_mt.storage.base import OcspResponseRecord, OcspSignerRecord, check_iss
 from acme_mt.storage.postgres_accounts import TenantStoreBase
 from acme_mt.storage.postgres_db import Conn, NothingChanged, row_count
 from acme_mt.storage.postgres_rows import (
-    AUTHORIZATION_COLUMNS,
     CERTIFICATE_COLUMNS,
-    CHALLENGE_COLUMNS,
-    ORDER_COLUMNS,
-    authorization_with_challenges,
+    authorization_from_rows,
     aware,
     certificate_from_row,
     challenge_from_row,
     ocsp_response_from_row,
-    order_from_rows,
+    order_from_row,
     to_json_or_none,
 )
 from acme_mt.storage.postgres_writes import (
     DONE,
+    FUNCTIONS_SCHEMA,
     Chain,
     authorization_arrays,
     insert_chain,
@@ -57,6 +55,16 @@ logger = logging.getLogger(__name__)
 
 _OCSP_RESPONSE_COLUMNS = "serial, der, this_update, next_update, not_after, revoked, stored_at"
 
+# The reads of the ACME request path, one round trip each (functions/0004_entity_reads.sql).
+_ORDER_BY_ID = f"SELECT * FROM {FUNCTIONS_SCHEMA}.order_by_id($1, $2, $3)"
+_AUTHORIZATION_BY = (
+    f"SELECT * FROM {FUNCTIONS_SCHEMA}.authorization_by($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+_CHALLENGE_BY_ID = f"SELECT * FROM {FUNCTIONS_SCHEMA}.challenge_by_id($1, $2, $3)"
+_CERTIFICATE_BY_SERIAL = f"SELECT * FROM {FUNCTIONS_SCHEMA}.certificate_by_serial($1, $2, $3)"
+#: The reuse arguments of ``authorization_by`` when it reads by id.
+_NOT_REUSE = (None, None, None, None, None)
+
 
 class PostgresTenantStore(TenantStoreBase):
     """The store of one tenant, bound to its schema: no call reaches another tenant."""
@@ -64,18 +72,8 @@ class PostgresTenantStore(TenantStoreBase):
     # Orders, authorizations and challenges (RFC 8555 §7.1.3 to §7.1.6).
 
     async def get_order(self, order_id: str) -> Order | None:
-        async def body(conn: Conn) -> Order | None:
-            row = await conn.fetchrow(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
-            if row is None:
-                return None
-            links = await conn.fetch(
-                "SELECT authorization_id FROM order_authorizations WHERE order_id = $1"
-                " ORDER BY position",
-                order_id,
-            )
-            return order_from_rows(row, links)
-
-        return await self._run(body)
+        rows = await self._read(_ORDER_BY_ID, (order_id,))
+        return order_from_row(rows[0]) if rows else None
 
     async def find_order_replacing(self, cert_id: str) -> Order | None:
         """The newest order that is not invalid and names ``cert_id`` in ``replaces``."""
@@ -120,39 +118,19 @@ class PostgresTenantStore(TenantStoreBase):
         await self._call("update_order", order_row_values(order), audit)
 
     async def get_authorization(self, authorization_id: str) -> Authorization | None:
-        async def body(conn: Conn) -> Authorization | None:
-            row = await conn.fetchrow(
-                f"SELECT {AUTHORIZATION_COLUMNS} FROM authorizations WHERE id = $1",
-                authorization_id,
-            )
-            return None if row is None else await authorization_with_challenges(conn, row)
-
-        return await self._run(body)
+        rows = await self._read(_AUTHORIZATION_BY, (authorization_id, *_NOT_REUSE))
+        return authorization_from_rows(rows)
 
     async def get_challenge(self, challenge_id: str) -> Challenge | None:
-        query = f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE id = $1"
-        row = await self._run(lambda conn: conn.fetchrow(query, challenge_id))
-        return None if row is None else challenge_from_row(row)
+        rows = await self._read(_CHALLENGE_BY_ID, (challenge_id,))
+        return challenge_from_row(rows[0]) if rows else None
 
     async def find_reusable_authorization(
         self, account_id: str, identifier: Identifier, wildcard: bool, now: datetime
     ) -> Authorization | None:
         """The newest valid, unexpired authorization of this account for this identifier."""
-
-        async def body(conn: Conn) -> Authorization | None:
-            row = await conn.fetchrow(
-                f"SELECT {AUTHORIZATION_COLUMNS} FROM authorizations WHERE account_id = $1"
-                " AND identifier_type = $2 AND identifier_value = $3 AND wildcard = $4"
-                " AND status = 'valid' AND expires > $5 ORDER BY created DESC, seq DESC LIMIT 1",
-                account_id,
-                identifier.type,
-                identifier.value,
-                wildcard,
-                aware(now),
-            )
-            return None if row is None else await authorization_with_challenges(conn, row)
-
-        return await self._run(body)
+        values = (None, account_id, identifier.type, identifier.value, wildcard, aware(now))
+        return authorization_from_rows(await self._read(_AUTHORIZATION_BY, values))
 
     async def create_authorization(
         self, authorization: Authorization, audit: Sequence[AuditEntry] = ()
@@ -179,9 +157,8 @@ class PostgresTenantStore(TenantStoreBase):
     # Certificates (RFC 8555 §7.4.2 and §7.6, RFC 7030 §4.2).
 
     async def get_certificate(self, serial: str) -> CertificateRecord | None:
-        query = f"SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
-        row = await self._run(lambda conn: conn.fetchrow(query, serial.lower()))
-        return None if row is None else certificate_from_row(row)
+        rows = await self._read(_CERTIFICATE_BY_SERIAL, (serial.lower(),))
+        return certificate_from_row(rows[0]) if rows else None
 
     async def list_revoked_certificates(self, shard: int | None) -> list[CertificateRecord]:
         """Revoked certificates not yet expired, by serial; the records carry no DER."""

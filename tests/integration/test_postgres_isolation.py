@@ -19,7 +19,16 @@ import pytest
 
 from acme_mt.config import StoreSettings
 from acme_mt.errors import ConfigError
-from acme_mt.models import Account, AuditEntry, CertificateRecord, utcnow
+from acme_mt.models import (
+    Account,
+    AuditEntry,
+    Authorization,
+    CertificateRecord,
+    Challenge,
+    Identifier,
+    Order,
+    utcnow,
+)
 from acme_mt.storage.base import OcspResponseRecord
 from acme_mt.storage.postgres import PostgresBackend
 from acme_mt.storage.postgres_roles import APP_ROLE, OWNER_ROLE
@@ -296,6 +305,67 @@ async def test_account_read_function_in_alpha_context_sees_nothing_of_beta(
     account = await tenants.alpha.get_account("acct-1")
     assert account is not None and account.contact == ("mailto:alpha@example.com",)
     assert await tenants.alpha.get_account_by_thumbprint("tp-beta") is None
+
+
+async def test_request_read_functions_in_alpha_context_see_nothing_of_beta(
+    tenants: TwoTenants,
+) -> None:
+    challenge = Challenge("chall-b", "authz-b", "http-01", "token-b", "valid", NOW)
+    authorization = Authorization(
+        "authz-b",
+        "acct-1",
+        Identifier("dns", "beta.example"),
+        "valid",
+        NOW + DAY,
+        wildcard=False,
+        challenges=(challenge,),
+        created=NOW,
+    )
+    order = Order(
+        "order-b",
+        "acct-1",
+        "valid",
+        (Identifier("dns", "beta.example"),),
+        ("authz-b",),
+        NOW + DAY,
+        NOW,
+    )
+    await tenants.beta.create_order(order, [authorization])
+    reads = {
+        "order_by_id": ("order-b",),
+        "authorization_by": ("authz-b", None, None, None, None, None),
+        "challenge_by_id": ("chall-b",),
+        "certificate_by_serial": ("0a",),
+    }
+    reuse = (None, "acct-1", "dns", "beta.example", False, NOW)
+    conn = await tenants.app_connection()
+    try:
+        seen: dict[str, tuple[int, int]] = {}
+        for function, values in [*reads.items(), ("authorization_by", reuse)]:
+            marks = ", ".join(f"${n}" for n in range(1, len(values) + 3))
+            statement = f"SELECT * FROM acme_mt_functions.{function}({marks})"
+            as_alpha = await conn.fetch(statement, "alpha-id", "tenant_beta_id", *values)
+            as_beta = await conn.fetch(statement, "beta-id", "tenant_beta_id", *values)
+            seen[f"{function}{len(seen)}"] = (len(as_alpha), len(as_beta))
+        leaked = await conn.fetchval("SELECT current_setting('acme_mt.tenant_id', true)")
+    finally:
+        await conn.close()
+
+    assert list(seen.values()) == [(0, 1)] * 5
+    assert leaked in (None, "")
+    assert await tenants.beta.get_order("order-b") == order
+    assert await tenants.beta.get_authorization("authz-b") == authorization
+    assert await tenants.alpha.get_order("order-b") is None
+    assert await tenants.alpha.get_authorization("authz-b") is None
+    assert await tenants.alpha.get_challenge("chall-b") is None
+    assert (
+        await tenants.alpha.find_reusable_authorization(
+            "acct-1", Identifier("dns", "beta.example"), False, NOW
+        )
+        is None
+    )
+    own = await tenants.alpha.get_certificate("0a")
+    assert own is not None and own.status == "pending"
 
 
 async def test_write_functions_run_as_the_caller_and_only_the_app_role_runs_them(
