@@ -25,6 +25,7 @@ replica starting never abandons another replica's issuance in flight.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import secrets
@@ -65,6 +66,8 @@ from acme_mt.storage.postgres_writes import FUNCTIONS_SCHEMA
 logger = logging.getLogger(__name__)
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+#: The registry's provider value that holds the nonce signing key (base64url).
+NONCE_KEY = "nonce_key"
 
 
 class PostgresBackend:
@@ -90,6 +93,7 @@ class PostgresBackend:
         self._opening = asyncio.Lock()
         self._liveness: asyncpg.Connection | None = None
         self._liveness_lock = asyncio.Lock()
+        self._nonce_key: bytes | None = None
 
     # Opening: roles, the registry's migrations, the shared pool.
 
@@ -203,6 +207,23 @@ class PostgresBackend:
     def nonce_service(self, tenant_id: str) -> PostgresNonces:
         """The tenant's replay nonces, shared by every replica (RFC 8555 §6.5)."""
         return PostgresNonces(self, tenant_id)
+
+    async def nonce_key(self) -> bytes:
+        """The key every replica signs nonces with, made by the first that needs it."""
+        if self._nonce_key is None:
+            pool = await self._ready()
+            made = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            with translated_errors("the nonce key"):
+                text = await pool.fetchval(
+                    f"WITH made AS (INSERT INTO {REGISTRY_SCHEMA}.provider_values (name, value)"
+                    " VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value)"
+                    f" SELECT value FROM made UNION ALL SELECT value"
+                    f" FROM {REGISTRY_SCHEMA}.provider_values WHERE name = $1 LIMIT 1",
+                    NONCE_KEY,
+                    made,
+                )
+            self._nonce_key = base64.urlsafe_b64decode(text)
+        return self._nonce_key
 
     async def _bind(self, tenant_id: str, schema: str, dedicated: str | None) -> Binding:
         if dedicated is None:

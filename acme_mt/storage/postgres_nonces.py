@@ -1,35 +1,70 @@
 """Replay nonces (RFC 8555 §6.5) in PostgreSQL, so every replica honours every other's.
 
-Each tenant schema has a ``nonces`` table under the same row-level security as
-the rest of its rows. Issuing is one INSERT and redeeming one DELETE, each sent
-with the tenant's context in a single round trip; a nonce is single-use across
-replicas because only one DELETE can remove its row. Nonces expire after
-``max_age_seconds``, and each service sweeps its tenant's expired rows now and
-then while it issues.
+Nonces are signed (``acme_mt.tenancy.nonces.SignedNonces``) with a key that
+all replicas read from the registry, so issuing one writes nothing. Redeeming
+checks the signature and the age, then records the nonce in the tenant's
+``nonces`` table, under the same row-level security as the rest of its rows:
+one INSERT sent with the tenant's context in a single round trip. A nonce is
+single-use across replicas because only one INSERT of its primary key can
+succeed. Rows expire with their nonces, and each service sweeps its tenant's
+expired rows now and then as it redeems.
+
+The key guards no secret: knowing it lets one mint nonces the server would
+accept once each, which is what asking the server for them gives anyway.
+Replay protection rests on the spent rows, which only the server writes.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
-from acme_mt.errors import TenantUnavailable
 from acme_mt.storage.postgres_db import Binding, row_count, run_script, translated_errors
+from acme_mt.tenancy.nonces import SignedNonces
 
 logger = logging.getLogger(__name__)
 
 MAX_AGE_SECONDS = 900
 SWEEP_SECONDS = 60.0
-
-#: What ``issue`` hands out; anything else cannot be ours and is refused unseen.
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+#: Seconds a nonce may claim to come from the future: replicas' clocks differ a little.
+CLOCK_SLACK_SECONDS = 30
 
 
 class BindingSource(Protocol):
     async def binding(self, tenant_id: str) -> Binding: ...
+
+    async def nonce_key(self) -> bytes: ...
+
+
+class PostgresSpentNonces:
+    """One tenant's spent set: its ``nonces`` table."""
+
+    def __init__(self, source: BindingSource, tenant_id: str) -> None:
+        self._source = source
+        self._tenant_id = tenant_id
+        self._swept = time.monotonic()
+
+    async def spend(self, nonce_id: bytes, expires: int) -> bool:
+        """Record the nonce; False when some replica recorded it first.
+
+        :raises TenantUnavailable: PostgreSQL cannot be reached.
+        """
+        binding = await self._source.binding(self._tenant_id)
+        sweep = ""
+        if time.monotonic() - self._swept > SWEEP_SECONDS:
+            self._swept = time.monotonic()
+            sweep = " DELETE FROM nonces WHERE expires < now();"
+        # The id is bytes made into hex here and the time an int: both safe as literals.
+        until = datetime.fromtimestamp(expires, UTC).isoformat()
+        script = (
+            f"{binding.context_statement};{sweep} INSERT INTO nonces (value, expires)"
+            f" VALUES ('{nonce_id.hex()}', '{until}') ON CONFLICT (value) DO NOTHING"
+        )
+        with translated_errors(f"nonces of {self._tenant_id}"):
+            status = await run_script(binding.pool, script)
+        return row_count(status) == 1
 
 
 class PostgresNonces:
@@ -41,47 +76,27 @@ class PostgresNonces:
         self._source = source
         self._tenant_id = tenant_id
         self._max_age = int(max_age_seconds)
-        self._swept = time.monotonic()
+        self._signed: SignedNonces | None = None
 
     async def issue(self) -> str:
-        """A fresh nonce, recorded for any replica to redeem once."""
-        nonce = secrets.token_urlsafe(16)
-        sweep = ""
-        if time.monotonic() - self._swept > SWEEP_SECONDS:
-            self._swept = time.monotonic()
-            sweep = "; DELETE FROM nonces WHERE expires < now()"
-        try:
-            binding = await self._source.binding(self._tenant_id)
-            # The nonce is ours (base64url) and the age an int: both safe as literals.
-            await self._send(
-                binding,
-                f"{binding.context_sql}; INSERT INTO nonces (value, expires) VALUES"
-                f" ('{nonce}', now() + interval '{self._max_age} seconds'){sweep}; COMMIT",
-            )
-        except TenantUnavailable:
-            # Limitation: the ACME middleware adds Replay-Nonce after the handler
-            # and cannot take an error there, so while PostgreSQL is away this
-            # hands out a nonce nobody recorded; the client's next request gets
-            # badNonce with a fresh one. A middleware that renders errors from
-            # the nonce step as 503 would end this.
-            logger.warning("nonce not recorded: the store is unavailable")
-        return nonce
+        """A fresh nonce; nothing is written until it comes back.
+
+        :raises TenantUnavailable: the key could not be read (first use only).
+        """
+        return await (await self._nonces()).issue()
 
     async def redeem(self, nonce: str) -> bool:
         """True exactly once for a nonce issued here (by any replica) and not yet expired.
 
         :raises TenantUnavailable: PostgreSQL cannot be reached.
         """
-        if not _NONCE.match(nonce):
-            return False
-        binding = await self._source.binding(self._tenant_id)
-        status = await self._send(
-            binding,
-            f"{binding.context_statement};"
-            f" DELETE FROM nonces WHERE value = '{nonce}' AND expires > now()",
-        )
-        return row_count(status) == 1
+        return await (await self._nonces()).redeem(nonce)
 
-    async def _send(self, binding: Binding, script: str) -> str:
-        with translated_errors(f"nonces of {self._tenant_id}"):
-            return await run_script(binding.pool, script)
+    async def _nonces(self) -> SignedNonces:
+        if self._signed is None:
+            key = await self._source.nonce_key()
+            spent = PostgresSpentNonces(self._source, self._tenant_id)
+            self._signed = SignedNonces(
+                key, self._tenant_id, spent, self._max_age, clock_slack=CLOCK_SLACK_SECONDS
+            )
+        return self._signed

@@ -76,6 +76,8 @@ class SignedNonces:
         spent: SpentNonces,
         max_age_seconds: int = 900,
         clock: Callable[[], float] = time.time,
+        *,
+        clock_slack: int = 2,
     ) -> None:
         if len(key) < 32:
             raise ValueError("the nonce key needs at least 256 bits")
@@ -84,6 +86,8 @@ class SignedNonces:
         self._spent = spent
         self._max_age = int(max_age_seconds)
         self._clock = clock
+        #: Seconds a nonce may claim to come from the future (the makers' clocks differ).
+        self._slack = int(clock_slack)
 
     async def issue(self) -> str:
         body = int(self._clock()).to_bytes(_STAMP, "big") + secrets.token_bytes(_RANDOM)
@@ -102,7 +106,7 @@ class SignedNonces:
             return False
         made = int.from_bytes(body[:_STAMP], "big")
         now = self._clock()
-        if not made - _CLOCK_SLACK <= now <= made + self._max_age:
+        if not made - self._slack <= now <= made + self._max_age:
             return False
         return await self._spent.spend(body, made + self._max_age)
 
@@ -111,6 +115,4 @@ class SignedNonces:
 
 
 _STAMP, _RANDOM, _MAC = 5, 10, 15
-#: Seconds a nonce may claim to come from the future (the workers share one clock).
-_CLOCK_SLACK = 2
 _SIGNED = re.compile(r"[A-Za-z0-9_-]{40}")

@@ -48,7 +48,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await _resolve_and_handle(request, handler)
     except Exception as exc:
         response = _error_response(request, exc, event, request_id)
-    await _add_acme_headers(request, response)
+    try:
+        await _add_acme_headers(request, response)
+    except Exception as exc:
+        # A nonce needs the store once, for its key: without it, the error alone.
+        response = _error_response(request, exc, event, request_id)
     response.headers["X-Request-Id"] = request_id
     if request.app.get(LOG_EVERY_REQUEST, True) or response.status >= 400:
         _log_event(event, response, started)

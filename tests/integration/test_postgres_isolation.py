@@ -121,7 +121,9 @@ async def test_select_in_alpha_context_sees_nothing_of_beta(tenants: TwoTenants)
 async def test_update_and_delete_in_alpha_context_change_nothing_of_beta(
     tenants: TwoTenants,
 ) -> None:
-    beta_nonce = await tenants.backend.nonce_service("beta-id").issue()
+    beta_nonces = tenants.backend.nonce_service("beta-id")
+    beta_nonce = await beta_nonces.issue()
+    assert await beta_nonces.redeem(beta_nonce) is True
     conn = await tenants.app_connection()
     try:
         await in_context(conn, "alpha-id")
@@ -139,7 +141,8 @@ async def test_update_and_delete_in_alpha_context_change_nothing_of_beta(
     assert beta_account == account("tp-beta", "mailto:beta@example.com")
     certificate = await tenants.beta.get_certificate("0a")
     assert certificate is not None and certificate.status == "pending"
-    assert await tenants.backend.nonce_service("beta-id").redeem(beta_nonce) is True
+    # Its spent row is still there, so the nonce cannot be used a second time.
+    assert await tenants.backend.nonce_service("beta-id").redeem(beta_nonce) is False
 
 
 async def test_insert_into_beta_in_alpha_context_is_refused(tenants: TwoTenants) -> None:
