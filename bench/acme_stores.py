@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from statistics import median
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -54,6 +55,14 @@ from acme_mt.tenancy.lifecycle import ensure_provider, onboard_tenant  # noqa: E
 from tests.support.postgres import start_throwaway_cluster  # noqa: E402
 
 MAX_TENANTS = 5000
+
+
+def socket_dsn(dsn: str, directory: Path, port: int) -> str:
+    """The same login and database through the cluster's Unix socket in ``directory``."""
+    parts = urlsplit(dsn)
+    login = parts.netloc.rpartition("@")[0]
+    query = urlencode({"host": str(directory), "port": str(port)})
+    return urlunsplit((parts.scheme, f"{login}@", parts.path, query, ""))
 
 
 def slug(index: int) -> str:
@@ -201,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synchronous-commit", default="on", choices=("on", "off"), help="PostgreSQL's mode"
     )
+    parser.add_argument(
+        "--link",
+        default="tcp",
+        choices=("tcp", "socket"),
+        help="how the server reaches PostgreSQL: TCP on loopback, or the cluster's Unix socket",
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     opts = parser.parse_args(argv)
     counts = sorted({int(n) for n in opts.tenants.split(",") if n})
@@ -224,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     if backend == "postgres":
                         assert cluster is not None
                         dsn = cluster.fresh_database("acme")
+                        if opts.link == "socket":
+                            dsn = socket_dsn(dsn, cluster.data_dir, cluster.port)
                         asyncio.run(set_synchronous_commit(dsn, opts.synchronous_commit))
                     results += measure_store(bench, backend, dsn, counts, opts)
     finally:
