@@ -4,10 +4,12 @@ Nonces are signed (``acme_mt.tenancy.nonces.SignedNonces``) with a key that
 all replicas read from the registry, so issuing one writes nothing. Redeeming
 checks the signature and the age, then records the nonce in the tenant's
 ``nonces`` table, under the same row-level security as the rest of its rows:
-one INSERT sent with the tenant's context in a single round trip. A nonce is
-single-use across replicas because only one INSERT of its primary key can
-succeed. Rows expire with their nonces, and each service sweeps its tenant's
-expired rows now and then as it redeems.
+one INSERT sent with the tenant's context in a single round trip, or, for a
+request signed with an account's ``kid``, in the same call that reads the
+account (``redeem_for_account``). A nonce is single-use across replicas
+because only one INSERT of its primary key can succeed. Rows expire with
+their nonces, and each service sweeps its tenant's expired rows now and then
+as it redeems.
 
 The key guards no secret: knowing it lets one mint nonces the server would
 accept once each, which is what asking the server for them gives anyway.
@@ -21,7 +23,16 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-from acme_mt.storage.postgres_db import Binding, row_count, run_script, translated_errors
+from acme_mt.models import Account
+from acme_mt.storage.postgres_db import (
+    Binding,
+    read_rows,
+    row_count,
+    run_script,
+    translated_errors,
+)
+from acme_mt.storage.postgres_rows import ACCOUNT_COLUMNS, account_from_row
+from acme_mt.storage.postgres_writes import FUNCTIONS_SCHEMA
 from acme_mt.tenancy.nonces import SignedNonces
 
 logger = logging.getLogger(__name__)
@@ -30,6 +41,11 @@ MAX_AGE_SECONDS = 900
 SWEEP_SECONDS = 60.0
 #: Seconds a nonce may claim to come from the future: replicas' clocks differ a little.
 CLOCK_SLACK_SECONDS = 30
+
+_ACCOUNT_WITH_NONCE = (
+    f"SELECT {ACCOUNT_COLUMNS}, nonce_fresh"
+    f" FROM {FUNCTIONS_SCHEMA}.account_with_nonce($1, $2, $3, $4, $5, $6)"
+)
 
 
 class BindingSource(Protocol):
@@ -52,10 +68,7 @@ class PostgresSpentNonces:
         :raises TenantUnavailable: PostgreSQL cannot be reached.
         """
         binding = await self._source.binding(self._tenant_id)
-        sweep = ""
-        if time.monotonic() - self._swept > SWEEP_SECONDS:
-            self._swept = time.monotonic()
-            sweep = " DELETE FROM nonces WHERE expires < now();"
+        sweep = " DELETE FROM nonces WHERE expires < now();" if self.sweep_due() else ""
         # The id is bytes made into hex here and the time an int: both safe as literals.
         until = datetime.fromtimestamp(expires, UTC).isoformat()
         script = (
@@ -65,6 +78,13 @@ class PostgresSpentNonces:
         with translated_errors(f"nonces of {self._tenant_id}"):
             status = await run_script(binding.pool, script)
         return row_count(status) == 1
+
+    def sweep_due(self) -> bool:
+        """True once a ``SWEEP_SECONDS``: the caller's write deletes the expired rows."""
+        if time.monotonic() - self._swept <= SWEEP_SECONDS:
+            return False
+        self._swept = time.monotonic()
+        return True
 
 
 class PostgresNonces:
@@ -77,6 +97,7 @@ class PostgresNonces:
         self._tenant_id = tenant_id
         self._max_age = int(max_age_seconds)
         self._signed: SignedNonces | None = None
+        self._spent = PostgresSpentNonces(source, tenant_id)
 
     async def issue(self) -> str:
         """A fresh nonce; nothing is written until it comes back.
@@ -92,11 +113,32 @@ class PostgresNonces:
         """
         return await (await self._nonces()).redeem(nonce)
 
+    async def redeem_for_account(self, nonce: str, account_id: str) -> tuple[Account | None, bool]:
+        """The account by id and whether the nonce was fresh, spending it: one round trip.
+
+        A nonce that is not this tenant's, or too old, is not sent; the
+        account is read all the same.
+
+        :raises TenantUnavailable: PostgreSQL cannot be reached.
+        """
+        claim = (await self._nonces()).claim(nonce)
+        value, until = (None, None)
+        if claim is not None:
+            value, until = claim[0].hex(), datetime.fromtimestamp(claim[1], UTC)
+        binding = await self._source.binding(self._tenant_id)
+        arguments = (binding.tenant_id, binding.schema, account_id, value, until)
+        with translated_errors(f"nonces of {self._tenant_id}"):
+            rows = await read_rows(
+                binding, _ACCOUNT_WITH_NONCE, (*arguments, self._spent.sweep_due())
+            )
+        row = rows[0]
+        account = None if row["id"] is None else account_from_row(row)
+        return account, bool(row["nonce_fresh"])
+
     async def _nonces(self) -> SignedNonces:
         if self._signed is None:
             key = await self._source.nonce_key()
-            spent = PostgresSpentNonces(self._source, self._tenant_id)
             self._signed = SignedNonces(
-                key, self._tenant_id, spent, self._max_age, clock_slack=CLOCK_SLACK_SECONDS
+                key, self._tenant_id, self._spent, self._max_age, clock_slack=CLOCK_SLACK_SECONDS
             )
         return self._signed

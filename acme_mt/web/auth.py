@@ -3,6 +3,9 @@
 Checks run in this order: content type, JWS shape and algorithm, the ``url``
 header against the URL actually requested, the signature (by the account of
 ``kid`` or by ``jwk``), and last the nonce, so a forged request burns no nonce.
+Where nonces live in a shared store that reads the account in the same
+round trip (PostgreSQL), a ``kid`` request's nonce is spent with that read,
+before the signature is checked; its errors come in the same order.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from aiohttp import web
 from acme_mt.errors import AcmeProblem
 from acme_mt.jws import JOSE_CONTENT_TYPE, ParsedJWS, load_jwk, parse_jws, verify_signature
 from acme_mt.models import Account, AccountStatus
+from acme_mt.tenancy.nonces import AccountNonceService
 from acme_mt.urls import AcmeUrls
 from acme_mt.web.keys import SETTINGS, event_of, tenant_of
 
@@ -80,10 +84,16 @@ async def authenticate(request: web.Request, *, use_jwk: bool = False) -> Signed
         raise AcmeProblem("unauthorized", "The JWS url header differs from the request URL")
     tenant = tenant_of(request)
     account: Account | None = None
+    fresh: bool | None = None
     if header.kid is not None:
         urls = AcmeUrls(request.app[SETTINGS].server.https_url, tenant.slug)
         account_id = urls.account_id_from_kid(header.kid)
-        account = await tenant.store.get_account(account_id) if account_id else None
+        if account_id and isinstance(tenant.nonces, AccountNonceService):
+            # One round trip to a shared store; the nonce is spent before the
+            # signature is checked, so a forged request there burns its nonce.
+            account, fresh = await tenant.nonces.redeem_for_account(header.nonce or "", account_id)
+        elif account_id:
+            account = await tenant.store.get_account(account_id)
         if account is None:
             raise AcmeProblem("accountDoesNotExist", "No account exists for this kid")
         jwk = account_key(account)
@@ -92,7 +102,9 @@ async def authenticate(request: web.Request, *, use_jwk: bool = False) -> Signed
     else:
         raise AcmeProblem("malformed", "This request must be signed with an account kid")
     verify_signature(parsed, jwk)
-    if not header.nonce or not await tenant.nonces.redeem(header.nonce):
+    if fresh is None:
+        fresh = header.nonce is not None and await tenant.nonces.redeem(header.nonce)
+    if not fresh:
         raise AcmeProblem("badNonce", "The nonce is stale, reused or missing")
     if account is not None:
         if account.status != AccountStatus.VALID:

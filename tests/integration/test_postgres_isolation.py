@@ -371,6 +371,40 @@ async def test_request_read_functions_in_alpha_context_see_nothing_of_beta(
     assert own is not None and own.status == "pending"
 
 
+async def test_account_with_nonce_in_alpha_context_reads_and_spends_nothing_of_beta(
+    tenants: TwoTenants,
+) -> None:
+    call = (
+        "SELECT id, nonce_fresh FROM acme_mt_functions.account_with_nonce($1, $2, $3, $4, $5, $6)"
+    )
+    expires = NOW + DAY
+    conn = await tenants.app_connection()
+    try:
+        as_alpha = await conn.fetch(call, "alpha-id", "tenant_beta_id", "acct-1", None, None, True)
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.fetch(
+                call, "alpha-id", "tenant_beta_id", "acct-1", "ab" * 15, expires, False
+            )
+        as_beta = await conn.fetch(
+            call, "beta-id", "tenant_beta_id", "acct-1", "cd" * 15, expires, False
+        )
+        again = await conn.fetch(
+            call, "beta-id", "tenant_beta_id", "acct-1", "cd" * 15, expires, False
+        )
+    finally:
+        await conn.close()
+
+    assert [tuple(row) for row in as_alpha] == [(None, False)]
+    assert [tuple(row) for row in as_beta] == [("acct-1", True)]
+    assert [tuple(row) for row in again] == [("acct-1", False)]
+    superuser = await asyncpg.connect(tenants.dsn)
+    try:
+        spent = await superuser.fetch("SELECT value, tenant_id FROM tenant_beta_id.nonces")
+    finally:
+        await superuser.close()
+    assert [tuple(row) for row in spent] == [("cd" * 15, "beta-id")]
+
+
 async def test_write_functions_run_as_the_caller_and_only_the_app_role_runs_them(
     tenants: TwoTenants,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import urllib.parse
@@ -126,6 +127,28 @@ async def test_issue_certificate_on_postgres(
     assert not (server.data_dir / "tenants").exists()
     verified = server.cli_json("audit", "verify", "default")
     assert verified["ok"] is True and verified["records"] > 0
+
+
+async def test_kid_requests_on_postgres_take_each_nonce_once(
+    pg_server: tuple[LiveServer, str],
+    http_session: aiohttp.ClientSession,
+) -> None:
+    server, _dsn = pg_server
+    client = await new_client(server, http_session)
+    assert (await client.new_account()).status == 201
+    url = client.directory["newOrder"]
+    payload = {"identifiers": [{"type": "dns", "value": random_name()}]}
+    nonce = await client.nonce()
+    no_nonce = await client.post_raw(url, json.dumps(client.sign(url, payload, None)).encode())
+    first = await client.post_raw(url, json.dumps(client.sign(url, payload, nonce)).encode())
+    again = await client.post_raw(url, json.dumps(client.sign(url, payload, nonce)).encode())
+
+    assert (no_nonce.status, first.status, again.status) == (400, 201, 400)
+    assert json.loads(again.body)["type"] == "urn:ietf:params:acme:error:badNonce"
+    assert json.loads(no_nonce.body)["type"] == "urn:ietf:params:acme:error:badNonce"
+    assert again.headers["Replay-Nonce"]
+    assert first.location is not None
+    assert (await client.post(first.location, None)).status == 200
 
 
 async def prepare_ready_orders(

@@ -174,6 +174,38 @@ async def test_nonce_is_single_use_across_replicas_and_tenants(
     assert await first.nonce_service("t1").redeem("not-a-nonce'; DROP TABLE nonces; --") is False
 
 
+async def test_a_kid_requests_nonce_is_spent_with_its_account_read(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    first, second = replicas
+    alpha = await first.create_tenant_store("t1", "alpha")
+    await first.create_tenant_store("t2", "beta")
+    await alpha.create_account(account("acct-1", "tp-1"))
+    nonces = first.nonce_service("t1")
+    nonce, unknown_nonce, other = await nonces.issue(), await nonces.issue(), await nonces.issue()
+    beta_nonce = await first.nonce_service("t2").issue()
+
+    redeemed = await asyncio.gather(
+        nonces.redeem_for_account(nonce, "acct-1"),
+        second.nonce_service("t1").redeem_for_account(nonce, "acct-1"),
+    )
+    for_unknown = await nonces.redeem_for_account(unknown_nonce, "acct-9")
+    with_beta_nonce = await nonces.redeem_for_account(beta_nonce, "acct-1")
+    at_beta = await second.nonce_service("t2").redeem_for_account(other, "acct-1")
+    forged = await nonces.redeem_for_account("x" * 40, "acct-1")
+
+    assert sorted(fresh for _, fresh in redeemed) == [False, True]
+    assert all(found == account("acct-1", "tp-1") for found, _ in redeemed)
+    assert for_unknown == (None, True)
+    assert with_beta_nonce == (account("acct-1", "tp-1"), False)
+    assert at_beta == (None, False)
+    assert forged == (account("acct-1", "tp-1"), False)
+    # Spent through either path, a nonce is gone for the other.
+    assert await nonces.redeem(unknown_nonce) is False
+    assert await first.nonce_service("t2").redeem(beta_nonce) is True
+    assert await nonces.redeem(other) is True
+
+
 async def test_recovery_keeps_a_live_replicas_pending_serial(
     replicas: tuple[PostgresBackend, PostgresBackend],
 ) -> None:

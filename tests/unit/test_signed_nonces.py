@@ -104,6 +104,37 @@ async def test_a_nonce_from_the_future_is_refused(tmp_path: Path) -> None:
     assert not await service.redeem(nonce)
 
 
+async def test_a_clock_slack_admits_a_maker_a_little_ahead_and_no_more(tmp_path: Path) -> None:
+    clock = Clock()
+    spent = SqliteSpentNonces(tmp_path / "spent.sqlite")
+    service = SignedNonces(KEY, "t1", spent, clock=clock, clock_slack=30)
+    clock.now += 20
+    ahead = await service.issue()
+    clock.now += 20
+    too_far = await service.issue()
+
+    clock.now -= 40
+
+    assert await service.redeem(ahead)
+    assert not await service.redeem(too_far)
+
+
+async def test_a_claim_checks_a_nonce_without_spending_it(tmp_path: Path) -> None:
+    clock = Clock()
+    service = worker(tmp_path / "spent.sqlite", clock=clock)
+    nonce = await service.issue()
+
+    claim = service.claim(nonce)
+    at_other_tenant = worker(tmp_path / "other.sqlite", "t2", clock=clock).claim(nonce)
+    tampered = service.claim(nonce[:-1] + ("A" if nonce[-1] != "A" else "B"))
+
+    assert claim is not None and claim[1] == int(clock.now) + 900
+    assert (at_other_tenant, tampered) == (None, None)
+    assert await service.redeem(nonce)
+    assert service.claim(nonce) == claim  # the spent set, not the claim, makes it single-use
+    assert not await service.redeem(nonce)
+
+
 def test_a_short_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SignedNonces(b"short", "t1", SqliteSpentNonces(tmp_path / "spent.sqlite"))
