@@ -20,6 +20,7 @@ from josepy.jwa import JWASignature
 from josepy.jwk import JWK, JWKRSA, JWKOct
 
 from acme_mt.errors import AcmeProblem
+from acme_mt.models import Account
 
 #: RFC 8555 §6.2: asymmetric algorithms only. EdDSA waits for josepy to support it.
 ALLOWED_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256")
@@ -167,3 +168,24 @@ def public_jwk_json(jwk: JWK) -> dict[str, Any]:
     """A public JWK as a plain JSON object."""
     result: dict[str, Any] = jwk.public_key().to_partial_json()
     return result
+
+
+#: Parsed account keys by RFC 7638 thumbprint, shared by every tenant: a
+#: thumbprint names exactly one key, so the entry can never be another's.
+_ACCOUNT_KEYS: dict[str, JWK] = {}
+ACCOUNT_KEY_CACHE_SIZE = 10_000
+
+
+def account_key(account: Account) -> JWK:
+    """The account's public key, decoded once per key rather than once per request.
+
+    Decoding a JWK builds a cryptography key object (an EC point check, an
+    RSA modulus), which costs as much as the rest of the look-up together.
+    """
+    jwk = _ACCOUNT_KEYS.get(account.thumbprint)
+    if jwk is None:
+        jwk = load_jwk(account.jwk)
+        if len(_ACCOUNT_KEYS) >= ACCOUNT_KEY_CACHE_SIZE:
+            _ACCOUNT_KEYS.clear()
+        _ACCOUNT_KEYS[account.thumbprint] = jwk
+    return jwk

@@ -10,6 +10,7 @@ more. A serial recorded but never completed is abandoned at the next start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from acme_mt.authority.renewal import check_replaces
 from acme_mt.errors import AcmeProblem, Subproblem
 from acme_mt.events import Events
 from acme_mt.issuance import check_csr, csr_identifiers, new_serial, parse_csr, shard_for_serial
-from acme_mt.jws import thumbprint
+from acme_mt.jws import account_key, thumbprint
 from acme_mt.models import (
     Account,
     AuditEntry,
@@ -209,27 +210,7 @@ class OrderService:
         self, tenant: TenantContext, order: Order
     ) -> tuple[str, dict[str, Any] | None]:
         """What a pending or ready order's status is by its authorizations, without storing it."""
-        if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
-            return order.status, order.error
-        now = utcnow()
-        if order.expires <= now:
-            problem = AcmeProblem("malformed", "The order expired before it was finalized")
-            return OrderStatus.INVALID, problem.to_json()
-        status = OrderStatus.READY
-        for authorization_id in order.authorization_ids:
-            authorization = await tenant.store.get_authorization(authorization_id)
-            if authorization is None or authorization.status in (
-                AuthorizationStatus.INVALID,
-                AuthorizationStatus.DEACTIVATED,
-                AuthorizationStatus.REVOKED,
-            ):
-                return OrderStatus.INVALID, _authorization_error(authorization)
-            if is_expired(authorization, now):
-                problem = AcmeProblem("unauthorized", "An authorization expired")
-                return OrderStatus.INVALID, problem.to_json()
-            if authorization.status != AuthorizationStatus.VALID:
-                status = OrderStatus.PENDING
-        return status, None
+        return _status_by(order, await _authorizations_of(tenant, order))
 
     async def finalize(
         self, tenant: TenantContext, account: Account, order: Order, payload: dict[str, Any]
@@ -237,7 +218,9 @@ class OrderService:
         """RFC 8555 §7.4: check the CSR against the order and policy, then issue."""
         # A pending order whose authorizations are all valid goes to processing in one
         # write; any other outcome is stored as refresh stores it.
-        status, _error = await self._status_now(tenant, order)
+        # Read once for both the status and the CAA recheck below.
+        authorizations = await _authorizations_of(tenant, order)
+        status, _error = _status_by(order, authorizations)
         if status != OrderStatus.READY:
             order = await self.refresh(tenant, order)
             raise AcmeProblem("orderNotReady", f"The order is {order.status}, not ready")
@@ -246,7 +229,7 @@ class OrderService:
             raise AcmeProblem("malformed", "finalize needs a csr")
         csr = _decode_csr(csr_b64)
         self._check_csr_against_order(csr, order, account)
-        await self._recheck_caa(tenant, account, order)
+        await self._recheck_caa(tenant, account, authorizations)
         profile = tenant.policy.profile(order.profile) or tenant.policy.all_profiles()[0]
         check_csr(csr, replace(tenant.policy, key_types=profile.key_types))
         now = utcnow()
@@ -316,10 +299,14 @@ class OrderService:
         logger.info("issued serial %s for order %s", serial_hex, order.id)
         return valid
 
-    async def _recheck_caa(self, tenant: TenantContext, account: Account, order: Order) -> None:
+    async def _recheck_caa(
+        self,
+        tenant: TenantContext,
+        account: Account,
+        authorizations: Sequence[Authorization | None],
+    ) -> None:
         """RFC 8659 §3: a CAA check older than the policy allows is made again at issuance."""
-        for authorization_id in order.authorization_ids:
-            authorization = await tenant.store.get_authorization(authorization_id)
+        for authorization in authorizations:
             if authorization is None:
                 continue
             method = needs_recheck(tenant, authorization)
@@ -344,8 +331,50 @@ class OrderService:
             raise AcmeProblem(
                 "badCSR", "The CSR's names differ from the order's: " + "; ".join(parts)
             )
-        if public_key_thumbprint(csr.public_key()) == account.thumbprint:
+        if _spki(csr.public_key()) == _spki(account_key(account).key):
             raise AcmeProblem("badCSR", "The certificate key must differ from the account key")
+
+
+async def _authorizations_of(tenant: TenantContext, order: Order) -> list[Authorization | None]:
+    """The order's authorizations in its order (None for one gone), if its status needs them."""
+    if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
+        return []
+    return [await tenant.store.get_authorization(a) for a in order.authorization_ids]
+
+
+def _status_by(
+    order: Order, authorizations: Sequence[Authorization | None]
+) -> tuple[str, dict[str, Any] | None]:
+    """A pending or ready order's status by its authorizations, as of now."""
+    if order.status not in (OrderStatus.PENDING, OrderStatus.READY):
+        return order.status, order.error
+    now = utcnow()
+    if order.expires <= now:
+        problem = AcmeProblem("malformed", "The order expired before it was finalized")
+        return OrderStatus.INVALID, problem.to_json()
+    status = OrderStatus.READY
+    for authorization in authorizations:
+        if authorization is None or authorization.status in (
+            AuthorizationStatus.INVALID,
+            AuthorizationStatus.DEACTIVATED,
+            AuthorizationStatus.REVOKED,
+        ):
+            return OrderStatus.INVALID, _authorization_error(authorization)
+        if is_expired(authorization, now):
+            problem = AcmeProblem("unauthorized", "An authorization expired")
+            return OrderStatus.INVALID, problem.to_json()
+        if authorization.status != AuthorizationStatus.VALID:
+            status = OrderStatus.PENDING
+    return status, None
+
+
+def _spki(public_key: Any) -> bytes:
+    """A public key's SubjectPublicKeyInfo: equal for the same key, whatever its type."""
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 def _decode_csr(csr_b64: str) -> x509.CertificateSigningRequest:

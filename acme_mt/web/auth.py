@@ -17,7 +17,14 @@ import josepy as jose
 from aiohttp import web
 
 from acme_mt.errors import AcmeProblem
-from acme_mt.jws import JOSE_CONTENT_TYPE, ParsedJWS, load_jwk, parse_jws, verify_signature
+from acme_mt.jws import (
+    JOSE_CONTENT_TYPE,
+    ParsedJWS,
+    account_key,
+    load_jwk,
+    parse_jws,
+    verify_signature,
+)
 from acme_mt.models import Account, AccountStatus
 from acme_mt.tenancy.nonces import AccountNonceService
 from acme_mt.urls import AcmeUrls
@@ -39,27 +46,6 @@ class SignedRequest:
         if self.account is None:
             raise AcmeProblem("malformed", "This request must be signed with an account kid")
         return self.account
-
-
-#: Parsed account keys by RFC 7638 thumbprint, shared by every tenant: a
-#: thumbprint names exactly one key, so the entry can never be another's.
-_ACCOUNT_KEYS: dict[str, jose.JWK] = {}
-ACCOUNT_KEY_CACHE_SIZE = 10_000
-
-
-def account_key(account: Account) -> jose.JWK:
-    """The account's public key, decoded once per key rather than once per request.
-
-    Decoding a JWK builds a cryptography key object (an EC point check, an
-    RSA modulus), which costs as much as the rest of the look-up together.
-    """
-    jwk = _ACCOUNT_KEYS.get(account.thumbprint)
-    if jwk is None:
-        jwk = load_jwk(account.jwk)
-        if len(_ACCOUNT_KEYS) >= ACCOUNT_KEY_CACHE_SIZE:
-            _ACCOUNT_KEYS.clear()
-        _ACCOUNT_KEYS[account.thumbprint] = jwk
-    return jwk
 
 
 def request_url(request: web.Request) -> str:
