@@ -434,19 +434,53 @@ class TenantResponder:
     async def _presign_gathered(self) -> None:
         """Pre-sign what was issued over ``PRESIGN_GATHER``: one signing call, one write.
 
-        A request for one of these serials meanwhile signs it on its own.
+        A request for one of these serials meanwhile signs it on its own, here
+        or in another process that keeps it in the store; that response
+        stands, so every answer about the serial carries the same bytes. The
+        batch pulls what others kept first and leaves those serials alone.
+        Limitation: a response another process signs while this batch signs
+        (a few milliseconds) is replaced by the batch's, newer one, which that
+        process takes at its next pull; a write that kept only the first
+        response per serial would end this.
         """
         await asyncio.sleep(PRESIGN_GATHER)
         serials, self._presign_due = self._presign_due, []
         read_in = self._generation
         records = await self._records(serials)
-        pairs = [
-            (self.presign_request(serial), record)
-            for serial, record in records.items()
-            if record.status in _ISSUED
-        ]
-        if pairs:
+        try:
+            await self.pull()
+        except AcmeMtError as exc:
+            logger.warning("OCSP pull of tenant %s failed: %s", self.tenant.slug, exc)
+        pairs = []
+        for serial, record in records.items():
+            cert = self.presign_request(serial)
+            signed_meanwhile = cert.cache_key in self._inflight or self.cache.get(cert.cache_key)
+            if record.status in _ISSUED and not signed_meanwhile:
+                pairs.append((cert, record))
+        if not pairs:
+            return
+        # Requests for these serials wait for the batch rather than sign again.
+        batch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        keys = [cert.cache_key for cert, _ in pairs]
+        for key in keys:
+            self._inflight[key] = asyncio.ensure_future(self._after(batch, key))
+        try:
             await self._sign_and_keep(pairs, read_in)
+            batch.set_result(None)
+        except BaseException as exc:
+            batch.set_exception(exc)
+            raise
+        finally:
+            for key in keys:
+                self._inflight.pop(key, None)
+
+    async def _after(self, batch: asyncio.Future[None], key: CacheKey) -> CachedResponse | None:
+        """What the batch signed for ``key``, once it has."""
+        try:
+            await batch
+        except Exception:
+            return None
+        return self.cache.get(key)
 
     def revoked(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)
