@@ -61,6 +61,12 @@ POINT_READS = 64
 
 #: How long issued serials gather before they are pre-signed together.
 PRESIGN_GATHER = 0.05
+#: A certificate this young may have its response on the way from the process
+#: that issued it (``created`` counts whole seconds); how long, and how often,
+#: another process looks for it in the store before signing its own.
+FRESH_ISSUANCE = timedelta(seconds=3)
+KEPT_WAIT = 0.3
+KEPT_POLL = 0.02
 
 #: Certificate statuses that mean the serial was issued.
 _ISSUED = (CertificateStatus.VALID, CertificateStatus.REVOKED)
@@ -104,8 +110,9 @@ class TenantResponder:
         #: Serials whose cached responses already say revoked.
         self._known_revoked: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Serials issued here and not yet pre-signed.
+        #: Serials issued here and not yet pre-signed, and the batch that will sign them.
         self._presign_due: list[int] = []
+        self._batch: asyncio.Future[None] | None = None
         #: The newest ``stored_at`` seen in the store; None before the first pull.
         self._pulled_until: datetime | None = None
         #: When (loop time) ``_pulled_until`` last moved.
@@ -179,6 +186,8 @@ class TenantResponder:
             result = None
             if record is not None and kept:
                 result = await self._kept_elsewhere(cert)
+                if result is None and self._clock() - record.created <= FRESH_ISSUANCE:
+                    result = await self._await_kept(cert)
             if record is not None and result is None:
                 result = (await self._sign_and_keep([(cert, record)], read_in))[0]
             future.set_result(result)
@@ -206,6 +215,22 @@ class TenantResponder:
         if record is not None:
             self._take(record, self._clock())
         return self.cache.get(cert.cache_key)
+
+    async def _await_kept(self, cert: CertRequest) -> CachedResponse | None:
+        """The response of a certificate issued moments ago, which its issuing process
+        is pre-signing and will keep; None if it does not arrive in ``KEPT_WAIT``.
+
+        Signing here instead would give the serial two responses with different
+        bytes, one from each process, until the next refresh.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KEPT_WAIT
+        while loop.time() < deadline:
+            await asyncio.sleep(KEPT_POLL)
+            result = await self._kept_elsewhere(cert)
+            if result is not None:
+                return result
+        return None
 
     async def _lookup(self, serial: int) -> CertificateRecord | None:
         record = await self.tenant.store.get_certificate(format(serial, "x"))
@@ -344,8 +369,13 @@ class TenantResponder:
             self._known_revoked.add(serial)
         return 1
 
-    async def warm(self) -> int:
-        """Take what the store keeps, then pre-sign every unexpired certificate still missing."""
+    async def warm(self, *, leave_fresh: bool = False) -> int:
+        """Take what the store keeps, then pre-sign every unexpired certificate still missing.
+
+        With ``leave_fresh``, certificates issued in the last ``FRESH_ISSUANCE``
+        are left to the process that issued them, which is pre-signing them,
+        so that each serial gets one response.
+        """
         try:
             await self.pull()
         except AcmeMtError as exc:
@@ -362,7 +392,9 @@ class TenantResponder:
             pairs = []
             for record in records:
                 cert = self.presign_request(int(record.serial, 16))
-                if record.not_after > now and self.cache.get(cert.cache_key) is None:
+                # One issued moments ago is being pre-signed by the process that issued it.
+                fresh = leave_fresh and now - record.created <= FRESH_ISSUANCE
+                if record.not_after > now and not fresh and self.cache.get(cert.cache_key) is None:
                     pairs.append((cert, record))
             if pairs:
                 signed += len(await self._sign_and_keep(pairs, read_in))
@@ -427,60 +459,58 @@ class TenantResponder:
     # Certificate events (acme_mt.events): quick, never raising.
 
     def issued(self, serial_hex: str) -> None:
-        self._presign_due.append(int(serial_hex, 16))
-        if len(self._presign_due) == 1:
-            self._spawn(self._presign_gathered())
+        serial = int(serial_hex, 16)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            self._spawn(self._presign_gathered(self._batch))
+        self._presign_due.append(serial)
+        # A request for the serial meanwhile waits for the batch rather than sign again.
+        key = self.presign_request(serial).cache_key
+        if key not in self._inflight:
+            waiting = asyncio.ensure_future(self._after(self._batch, key))
+            self._inflight[key] = waiting
+            waiting.add_done_callback(lambda task: self._forget(key, task))
 
-    async def _presign_gathered(self) -> None:
-        """Pre-sign what was issued over ``PRESIGN_GATHER``: one signing call, one write.
-
-        A request for one of these serials meanwhile signs it on its own, here
-        or in another process that keeps it in the store; that response
-        stands, so every answer about the serial carries the same bytes. The
-        batch pulls what others kept first and leaves those serials alone.
-        Limitation: a response another process signs while this batch signs
-        (a few milliseconds) is replaced by the batch's, newer one, which that
-        process takes at its next pull; a write that kept only the first
-        response per serial would end this.
-        """
-        await asyncio.sleep(PRESIGN_GATHER)
-        serials, self._presign_due = self._presign_due, []
-        read_in = self._generation
-        records = await self._records(serials)
+    async def _presign_gathered(self, batch: asyncio.Future[None]) -> None:
+        """Pre-sign what was issued over ``PRESIGN_GATHER``: one signing call, one write."""
         try:
-            await self.pull()
-        except AcmeMtError as exc:
-            logger.warning("OCSP pull of tenant %s failed: %s", self.tenant.slug, exc)
-        pairs = []
-        for serial, record in records.items():
-            cert = self.presign_request(serial)
-            signed_meanwhile = cert.cache_key in self._inflight or self.cache.get(cert.cache_key)
-            if record.status in _ISSUED and not signed_meanwhile:
-                pairs.append((cert, record))
-        if not pairs:
-            return
-        # Requests for these serials wait for the batch rather than sign again.
-        batch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        keys = [cert.cache_key for cert, _ in pairs]
-        for key in keys:
-            self._inflight[key] = asyncio.ensure_future(self._after(batch, key))
-        try:
-            await self._sign_and_keep(pairs, read_in)
+            await asyncio.sleep(PRESIGN_GATHER)
+            serials, self._presign_due, self._batch = self._presign_due, [], None
+            read_in = self._generation
+            records = await self._records(serials)
+            pairs = [
+                (self.presign_request(serial), record)
+                for serial, record in records.items()
+                if record.status in _ISSUED
+            ]
+            if pairs:
+                await self._sign_and_keep(pairs, read_in)
             batch.set_result(None)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as exc:
             batch.set_exception(exc)
             raise
         finally:
-            for key in keys:
-                self._inflight.pop(key, None)
+            if self._batch is batch:
+                self._presign_due, self._batch = [], None
 
     async def _after(self, batch: asyncio.Future[None], key: CacheKey) -> CachedResponse | None:
-        """What the batch signed for ``key``, once it has."""
+        """What the batch signed for ``key`` once it has; None if it failed."""
         try:
-            await batch
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            if not batch.cancelled():
+                raise
+            return None
         except Exception:
             return None
         return self.cache.get(key)
+
+    def _forget(self, key: CacheKey, task: asyncio.Future[CachedResponse | None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
 
     def revoked(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)

@@ -63,28 +63,33 @@ class OcspService:
         #: This process, as it names itself when it holds a lease.
         self.holder = new_holder()
 
-    def responder(self, tenant: TenantContext) -> TenantResponder:
-        """The tenant's responder, started (signer, pre-signing) on first use."""
+    def responder(self, tenant: TenantContext, *, leave_fresh: bool = True) -> TenantResponder:
+        """The tenant's responder, started (signer, pre-signing) on first use.
+
+        Started while the server runs, it leaves certificates issued moments
+        ago to the process that issued them (``TenantResponder.warm``); at
+        start (``leave_fresh`` false) it signs whatever is missing.
+        """
         responder = self._responders.get(tenant.id)
         if responder is None:
             responder = TenantResponder(tenant, self._executor, self._clock)
             self._responders[tenant.id] = responder
-            self._start_warming(responder)
+            self._start_warming(responder, leave_fresh=leave_fresh)
         return responder
 
-    def _start_warming(self, responder: TenantResponder) -> None:
+    def _start_warming(self, responder: TenantResponder, *, leave_fresh: bool = True) -> None:
         tenant_id = responder.tenant.id
         if tenant_id in self._warming:
             return
-        task = asyncio.get_running_loop().create_task(self._warm(responder))
+        task = asyncio.get_running_loop().create_task(self._warm(responder, leave_fresh))
         self._warming[tenant_id] = task
         task.add_done_callback(lambda _task: self._warming.pop(tenant_id, None))
 
-    async def _warm(self, responder: TenantResponder) -> None:
+    async def _warm(self, responder: TenantResponder, leave_fresh: bool) -> None:
         slug = responder.tenant.slug
         try:
             await responder.signers.current(self._clock())
-            signed = await responder.warm()
+            signed = await responder.warm(leave_fresh=leave_fresh)
         except Exception:
             logger.exception("OCSP for tenant %s could not start", slug)
             return
@@ -106,7 +111,7 @@ class OcspService:
                 logger.exception("tenant %s is unavailable for OCSP", record.slug)
                 continue
             if tenant is not None:
-                self.responder(tenant)
+                self.responder(tenant, leave_fresh=False)
                 await asyncio.gather(*self._warming.values(), return_exceptions=True)
 
     # Certificate events: quick, never raising.
@@ -118,7 +123,8 @@ class OcspService:
             return
         tenant = next((t for t in self.tenants.loaded() if t.id == tenant_id), None)
         if tenant is not None and tenant.policy.ocsp:
-            self.responder(tenant)  # its pre-signing pass includes this serial
+            # Its pre-signing pass leaves a fresh serial to the batch that issued it.
+            self.responder(tenant).issued(serial_hex)
 
     def revoked(self, tenant_id: str, serial_hex: str) -> None:
         responder = self._responders.get(tenant_id)

@@ -22,10 +22,11 @@ from acme_mt.app import Services, open_services
 from acme_mt.config import ServerSettings, Settings
 from acme_mt.tenancy.context import TenantContext
 from acme_mt.tenancy.lifecycle import onboard_tenant, set_tenant_status
+from ocsp.cache import CachedResponse
 from ocsp.handlers import OCSP_SERVICE, _raw_tail, ocsp_routes
 from ocsp.responder import REFRESH_AFTER
 from ocsp.service import REFRESH_LEASE, OcspService
-from tests.unit.test_ocsp_responder import START, Clock, _hashes, issue, settle
+from tests.unit.test_ocsp_responder import START, Clock, _hashes, issue, query_for, settle
 
 
 @pytest.fixture
@@ -104,6 +105,7 @@ async def test_events_reach_the_tenants_responder(services: Services) -> None:
     service.issued(tenant.id, format(leaf.serial_number, "x"))  # starts the responder
     responder = service._responders[tenant.id]
     await asyncio.gather(*service._warming.values())
+    await settle(responder)  # the serial is pre-signed with those issued beside it
     assert len(responder.cache) == 1
 
     await tenant.store.revoke_certificate(format(leaf.serial_number, "x"), 1, START)
@@ -247,6 +249,30 @@ async def test_replicas_serve_the_same_bytes_and_learn_revocations_from_the_stor
     await second.close()
 
 
+async def test_a_request_at_another_process_takes_the_issuers_response_of_a_fresh_serial(
+    services: Services,
+) -> None:
+    """Asked about a serial issued elsewhere moments ago, a process waits for the
+    issuing process's pre-signed response instead of signing a second one."""
+    tenant = await add_tenant(services, "fresh")
+    issuing = OcspService(services.tenants, services.registry)
+    other = OcspService(services.tenants, services.registry)
+    await asyncio.gather(*issuing.responder(tenant)._tasks, *issuing._warming.values())
+    asking = other.responder(tenant)
+    await asyncio.gather(*other._warming.values())
+    leaf = await issue(tenant)
+
+    issuing.issued(tenant.id, format(leaf.serial_number, "x"))
+    answer = await asking.answer(*query_for(tenant, leaf.serial_number), nonce_allowed=False)
+    await settle(issuing._responders[tenant.id])
+
+    assert isinstance(answer, CachedResponse)
+    assert answer.der == presigned(issuing, tenant, leaf.serial_number)
+    assert presigned(other, tenant, leaf.serial_number) == answer.der
+    await issuing.close()
+    await other.close()
+
+
 async def test_only_the_lease_holder_refreshes_and_the_other_takes_its_responses(
     services: Services,
 ) -> None:
@@ -255,9 +281,11 @@ async def test_only_the_lease_holder_refreshes_and_the_other_takes_its_responses
     clock = Clock()
     holder = OcspService(services.tenants, services.registry, clock=clock)
     other = OcspService(services.tenants, services.registry, clock=clock)
+    holder.issued(tenant.id, format(leaf.serial_number, "x"))  # the process that issued it
+    other.responder(tenant)
     for service in (holder, other):
-        service.responder(tenant)
         await asyncio.gather(*service._warming.values())
+    await settle(holder._responders[tenant.id])
     signed = presigned(holder, tenant, leaf.serial_number)
     responder = other._responders[tenant.id]
     refreshes = []
