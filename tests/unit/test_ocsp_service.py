@@ -255,8 +255,9 @@ async def test_a_request_at_another_process_takes_the_issuers_response_of_a_fres
     """Asked about a serial issued elsewhere moments ago, a process waits for the
     issuing process's pre-signed response instead of signing a second one."""
     tenant = await add_tenant(services, "fresh")
-    issuing = OcspService(services.tenants, services.registry)
-    other = OcspService(services.tenants, services.registry)
+    clock = Clock()  # the moment ``issue`` dates its certificates
+    issuing = OcspService(services.tenants, services.registry, clock=clock)
+    other = OcspService(services.tenants, services.registry, clock=clock)
     await asyncio.gather(*issuing.responder(tenant)._tasks, *issuing._warming.values())
     asking = other.responder(tenant)
     await asyncio.gather(*other._warming.values())
