@@ -491,6 +491,7 @@ class TenantResponder:
             raise
         except Exception as exc:
             batch.set_exception(exc)
+            batch.exception()  # waiters see it; unwaited, it need not be reported twice
             raise
         finally:
             if self._batch is batch:
