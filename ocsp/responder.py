@@ -110,9 +110,9 @@ class TenantResponder:
         #: Serials whose cached responses already say revoked.
         self._known_revoked: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Serials issued here and not yet pre-signed, and the batch that will sign them.
-        self._presign_due: list[int] = []
-        self._batch: asyncio.Future[None] | None = None
+        #: Serials issued here and not yet pre-signed, each with the future its
+        #: requests wait on meanwhile (None where another signing was under way).
+        self._presign_due: list[tuple[int, asyncio.Future[CachedResponse | None] | None]] = []
         #: The newest ``stored_at`` seen in the store; None before the first pull.
         self._pulled_until: datetime | None = None
         #: When (loop time) ``_pulled_until`` last moved.
@@ -460,24 +460,24 @@ class TenantResponder:
 
     def issued(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)
-        if self._batch is None:
-            self._batch = asyncio.get_running_loop().create_future()
-            self._spawn(self._presign_gathered(self._batch))
-        self._presign_due.append(serial)
-        # A request for the serial meanwhile waits for the batch rather than sign again.
+        if not self._presign_due:
+            self._spawn(self._presign_gathered())
         key = self.presign_request(serial).cache_key
+        waiting = None
         if key not in self._inflight:
-            waiting = asyncio.ensure_future(self._after(self._batch, key))
+            # A request for the serial meanwhile waits for the batch rather than sign again.
+            waiting = asyncio.get_running_loop().create_future()
             self._inflight[key] = waiting
-            waiting.add_done_callback(lambda task: self._forget(key, task))
+        self._presign_due.append((serial, waiting))
 
-    async def _presign_gathered(self, batch: asyncio.Future[None]) -> None:
+    async def _presign_gathered(self) -> None:
         """Pre-sign what was issued over ``PRESIGN_GATHER``: one signing call, one write."""
+        due: list[tuple[int, asyncio.Future[CachedResponse | None] | None]] = []
         try:
             await asyncio.sleep(PRESIGN_GATHER)
-            serials, self._presign_due, self._batch = self._presign_due, [], None
+            due, self._presign_due = self._presign_due, []
             read_in = self._generation
-            records = await self._records(serials)
+            records = await self._records(serial for serial, _ in due)
             pairs = [
                 (self.presign_request(serial), record)
                 for serial, record in records.items()
@@ -485,33 +485,17 @@ class TenantResponder:
             ]
             if pairs:
                 await self._sign_and_keep(pairs, read_in)
-            batch.set_result(None)
-        except asyncio.CancelledError:
-            batch.cancel()
-            raise
-        except Exception as exc:
-            batch.set_exception(exc)
-            batch.exception()  # waiters see it; unwaited, it need not be reported twice
-            raise
         finally:
-            if self._batch is batch:
-                self._presign_due, self._batch = [], None
-
-    async def _after(self, batch: asyncio.Future[None], key: CacheKey) -> CachedResponse | None:
-        """What the batch signed for ``key`` once it has; None if it failed."""
-        try:
-            await asyncio.shield(batch)
-        except asyncio.CancelledError:
-            if not batch.cancelled():
-                raise
-            return None
-        except Exception:
-            return None
-        return self.cache.get(key)
-
-    def _forget(self, key: CacheKey, task: asyncio.Future[CachedResponse | None]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
+            if not due:  # stopped while gathering
+                due, self._presign_due = self._presign_due, []
+            # Waiters get what the batch signed, or None (and sign) if it failed.
+            for serial, waiting in due:
+                if waiting is None:
+                    continue
+                key = self.presign_request(serial).cache_key
+                if self._inflight.get(key) is waiting:
+                    del self._inflight[key]
+                waiting.set_result(self.cache.get(key))
 
     def revoked(self, serial_hex: str) -> None:
         serial = int(serial_hex, 16)
